@@ -1,0 +1,2 @@
+"""Training commands (`bench train ...`): classifiers, AToP purifiers, DDPM, ADDT."""
+import benchmark.compat as _compat  # noqa: F401

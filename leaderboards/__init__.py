@@ -1,0 +1,1 @@
+"""Published tables (leaderboards/published/*.yaml) and generated boards."""
