@@ -1,0 +1,160 @@
+"""The results store: one directory per run, crash-safe, resumable.
+
+Layout of a run directory::
+
+    record.json          what was run: defense, config hash, weights sha256, dataset, subset ids,
+                         attacks with full parameters, seeds, versions, commit, device, scale
+    batches/000007.json  per-sample rows of one batch (all attacks), written atomically
+    samples.jsonl        all rows in subset order, assembled when the run completes
+    summary.json         aggregated accuracies and intervals
+    timing.json          wall times and timestamps (kept apart, so that the other files are
+                         byte-identical across runs with the same seed)
+
+Every file is written to a temporary name, fsynced, then renamed over the target, so a
+crash (even SIGKILL) loses at most the batch in flight and never leaves a torn file.
+Re-running the same command finds the finished batches and computes only the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import BenchError
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(p.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, _dumps(obj) + "\n")
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove we can write there, before any work is done."""
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=p)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise BenchError(f"output directory {p} is not writable ({e.strerror or e})") from None
+    return p
+
+
+class RunStore:
+    """Per-run directory with atomic per-batch files and resume."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.dir = Path(folder)
+        self.batch_dir = self.dir / "batches"
+
+    # -- record ---------------------------------------------------------------------
+    @property
+    def record_path(self) -> Path:
+        return self.dir / "record.json"
+
+    def read_record(self) -> dict[str, Any] | None:
+        if not self.record_path.is_file():
+            return None
+        try:
+            return json.loads(self.record_path.read_text())
+        except json.JSONDecodeError:
+            raise BenchError(f"{self.record_path} is not valid JSON; refusing to touch this run directory") from None
+
+    def open(self, record: dict[str, Any], *, key: str = "run_hash") -> bool:
+        """Start or resume a run. Returns True when resuming.
+
+        A directory holding a *different* run (another hash) is never overwritten.
+        """
+        check_writable(self.dir)
+        old = self.read_record()
+        if old is not None:
+            if old.get(key) != record.get(key):
+                raise BenchError(
+                    f"{self.dir} holds a different run ({key} {str(old.get(key))[:12]} != {str(record.get(key))[:12]}); "
+                    "use another --out or delete it"
+                )
+            return True
+        atomic_write_json(self.record_path, record)
+        return False
+
+    # -- batches --------------------------------------------------------------------
+    def batch_path(self, index: int) -> Path:
+        return self.batch_dir / f"{index:06d}.json"
+
+    def has_batch(self, index: int) -> bool:
+        p = self.batch_path(index)
+        if not p.is_file():
+            return False
+        try:
+            json.loads(p.read_text())
+            return True
+        except json.JSONDecodeError:  # cannot happen with atomic writes, but never trust a torn file
+            return False
+
+    def write_batch(self, index: int, rows: list[dict[str, Any]]) -> None:
+        atomic_write_json(self.batch_path(index), {"batch": index, "rows": rows})
+
+    def read_batch(self, index: int) -> list[dict[str, Any]]:
+        return json.loads(self.batch_path(index).read_text())["rows"]
+
+    def done_batches(self) -> list[int]:
+        if not self.batch_dir.is_dir():
+            return []
+        return sorted(int(p.stem) for p in self.batch_dir.glob("*.json") if p.stem.isdigit())
+
+    # -- final ----------------------------------------------------------------------
+    def rows(self, n_batches: int | None = None) -> list[dict[str, Any]]:
+        idx = range(n_batches) if n_batches is not None else self.done_batches()
+        out: list[dict[str, Any]] = []
+        for i in idx:
+            out += self.read_batch(i)
+        return out
+
+    def write_samples(self, rows: Iterable[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+        atomic_write_text(self.dir / "samples.jsonl", text)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / "summary.json", summary)
+
+    def write_timing(self, timing: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / "timing.json", timing)
+
+    def read_samples(self) -> list[dict[str, Any]]:
+        p = self.dir / "samples.jsonl"
+        if not p.is_file():
+            raise BenchError(f"{self.dir} has no samples.jsonl (run not finished?)")
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
