@@ -65,7 +65,9 @@ def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str,
             raise BenchError(f"corrupt safetensors checkpoint {p}: {e}") from None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # not a forbidden object: the bytes themselves are bad
+            raise BenchError(f"corrupt checkpoint {p}: {str(e).splitlines()[0]}") from None
         raise BenchError(
             f"checkpoint {p} needs pickle to load (it holds Python objects, not just tensors); "
             "refusing to unpickle an untrusted file: re-save it as a state dict or safetensors"

@@ -41,7 +41,7 @@ def test_list_commands():
     (["run", "--defense", "no_such_defense"], "unknown defense 'no_such_defense'"),
     (["run", "--defense", "rn18_aa_example", "--dataset", "mnist"], "unknown dataset"),
     (["run", "--defense", "rn18_aa_example", "--subset", "firstt:10"], "subset"),
-    (["run", "--defense", "rn18_aa_example", "--subset", "first:5000"], "larger"),
+    (["run", "--defense", "rn18_aa_example", "--subset", "first:5000"], "only 1000"),
     (["run", "--defense", "rn18_aa_example", "--attacks", "nope"], "unknown attack"),
     (["run", "--defense", "rn18_aa_example", "--device", "tpu"], "unknown device"),
     (["list", "gadgets"], "invalid choice"),
@@ -69,11 +69,8 @@ def test_checkpoint_errors(tmp_path):
     assert_one_line_error(bench("run", "--defense", "robustbench:Standard", "--checkpoint", str(missing)),
                           "checkpoint not found")
 
-    class Evil:  # any Python object forces pickle
-        pass
-
     evil = tmp_path / "evil.pt"
-    torch.save({"model": Evil()}, evil)
+    torch.save({"model": EvilPayload()}, evil)
     assert_one_line_error(bench("run", "--defense", "robustbench:Standard", "--checkpoint", str(evil)),
                           "needs pickle")
     corrupt = tmp_path / "corrupt.pt"
@@ -82,4 +79,5 @@ def test_checkpoint_errors(tmp_path):
                           "corrupt checkpoint")
 
 
-Evil = None  # keeps the local class above from being importable by pickle in another process
+class EvilPayload:
+    """Any Python object in a checkpoint forces pickle; the loader must refuse it."""
