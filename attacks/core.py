@@ -120,6 +120,12 @@ class NoisePolicy:
         return self.fixed
 
     def check(self, defense: Defense) -> None:
+        if self.fixes_any and getattr(defense, "opaque", False):
+            raise BenchError(
+                f"noise policy {self} needs the defense's noise, but {defense.name!r} is an opaque module whose "
+                "randomness is hidden in a global RNG; a plugin must implement sample_noise(x, generator) for "
+                "DW-box (fixed) attacks; use fresh or eot:K"
+            )
         unknown = [p for p in self.fixed if p not in defense.noise_names]
         if unknown:
             raise BenchError(
@@ -129,7 +135,10 @@ class NoisePolicy:
 
     def deterministic_for(self, defense: Defense) -> bool:
         """True when the attacker's forward pass is exactly the evaluation's forward pass."""
-        return not defense.stochastic or set(self.fixed_names(defense)) >= set(defense.noise_names)
+        if not defense.stochastic:
+            return True
+        # an opaque stochastic module has no named parts: nothing can be fixed, it is never deterministic
+        return bool(defense.noise_names) and set(self.fixed_names(defense)) >= set(defense.noise_names)
 
     def draws_for(self, defense: Defense) -> int:
         """Noise draws per gradient: K for eot:K, 1 when nothing random is left to average."""

@@ -34,40 +34,98 @@ def _parse_set(values: Sequence[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- run
+def _parse_eps(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            return float(a) / float(b)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise BenchError(f"--eps expects a number such as 8/255 or 0.5, got {text!r}") from None
+
+
+def spec_from_args(args: argparse.Namespace):
+    from .runner import RunSpec, validate_spec
+
+    attacks = None
+    if args.attacks:
+        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    scale = args.scale or ("full" if args.device.startswith("cuda") or args.protocol else "cpu")
+    spec = RunSpec(defense=args.defense, dataset=args.dataset, threat=args.threat, subset=args.subset,
+                   source=args.source, attacks=attacks, eps=_parse_eps(args.eps), steps=args.steps, eot=args.eot,
+                   protocol=args.protocol, scale=scale, eval_repeats=args.eval_repeats, batch_size=args.batch_size,
+                   seed=args.seed, checkpoint=args.checkpoint, data_root=args.data_root)
+    if args.protocol:
+        from .protocols import apply_protocol
+
+        spec = apply_protocol(spec, args.protocol, explicit={k for k in ("subset", "attacks", "eps", "steps", "eot", "eval_repeats", "dataset", "threat") if _given(args, k)})
+    if spec.attacks is not None:
+        from .registry import ATTACKS, load_builtins
+
+        load_builtins()
+        for a in spec.attacks:
+            if a != "clean":
+                ATTACKS.get(a)
+    return validate_spec(spec)
+
+
+def _given(args: argparse.Namespace, key: str) -> bool:
+    return key in getattr(args, "_explicit", set())
+
+
+def default_out(spec) -> str:
+    from .config import config_hash
+
+    safe = spec.defense.replace(":", "_").replace("/", "_").replace(".py", "")
+    return f"runs/{safe}-{spec.dataset}-{spec.threat}-{spec.scale}-{config_hash(spec)[:8]}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from rich.table import Table
 
     from .build import make_defense, resolve_device
     from .data import load_eval_set
-    from .runner import evaluate_clean
-    from .stats import clopper_pearson
+    from .report import summary_table
+    from .results import check_writable
+    from .runner import SCALES, run
 
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    unknown = [a for a in attacks if a != "clean"]
-    if unknown:
-        raise BenchError(f"unknown attack {unknown[0]!r}; available: clean")
+    spec = spec_from_args(args)
     device = resolve_device(args.device)
-    torch.manual_seed(args.seed)  # nothing should use it; makes stray global draws reproducible too
-    evalset = load_eval_set(args.dataset, args.subset, source=args.source, root=args.data_root)
-    defense = make_defense(args.defense, dataset=args.dataset, device=device, checkpoint=args.checkpoint)
+    out = args.out or default_out(spec)
+    check_writable(out)
+    evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
+    n_limit = SCALES[spec.scale].get("n")
+    if n_limit and spec.subset is None and len(evalset) > n_limit:
+        spec.subset = f"first:{n_limit}"
+        evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
+    torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
+    defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint)
     con = _console()
-    con.print(f"[bold]{args.defense}[/] on {evalset.dataset} ({evalset.source}, subset {evalset.subset}, "
-              f"n={len(evalset)}); noise: {defense.describe_noise()}; device {device}")
+    con.print(f"[bold]{spec.defense}[/] on {evalset.dataset} ({evalset.source}, subset {evalset.subset}, "
+              f"n={len(evalset)}); threat {spec.threat}; scale {spec.scale}; noise: {defense.describe_noise()}; "
+              f"device {device}; results: {out}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
+    tasks: dict[str, Any] = {}
     with Progress(*columns, console=con, transient=False, disable=args.quiet) as progress:
-        task = progress.add_task("clean", total=len(evalset))
-        result = evaluate_clean(defense, evalset, batch_size=args.batch_size, device=device, seed=args.seed,
-                                on_batch=lambda b, k: progress.advance(task, k))
-    table = Table(title=f"{args.defense} | {evalset.dataset} {evalset.source} {evalset.subset}")
-    for col in ("attack", "n", "correct", "accuracy", "95% CI (Clopper-Pearson)", "wall s"):
-        table.add_column(col, justify="right" if col != "attack" else "left")
-    lo, hi = clopper_pearson(result.correct, result.n)
-    table.add_row("clean", str(result.n), str(result.correct), f"{100 * result.correct / result.n:.1f}%",
-                  f"[{100 * lo:.1f}, {100 * hi:.1f}]", f"{result.wall_s:.1f}")
-    con.print(table)
+        def on_progress(name: str, batch: int, k: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task("images" if name == "batch" else name, total=len(evalset))
+            progress.advance(tasks[name], k)
+
+        try:
+            result = run(spec, out=out, device=device, defense=defense, evalset=evalset, on_progress=on_progress)
+        except KeyboardInterrupt:
+            progress.stop()
+            print(f"interrupted: finished batches are saved in {out}; run the same command again to resume",
+                  file=sys.stderr)
+            return 130
+    con.print(summary_table(result.record, result.summary))
+    if result.resumed:
+        con.print(f"(resumed from {out})")
     return 0
 
 
@@ -141,17 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
                                 "purification defenses")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="evaluate a defense")
-    r.add_argument("--defense", required=True, help="registry name, or robustbench:<Name>")
+    r = sub.add_parser("run", help="evaluate a defense under attack")
+    r.add_argument("--defense", required=True, help="registry name, robustbench:<Name>, pkg.mod:fn or file.py:fn")
+    r.add_argument("--threat", default="linf", help="linf | l2 | stadv (picks the default battery and eps)")
     r.add_argument("--dataset", default="cifar10")
     r.add_argument("--subset", default=None, help="first:N | random:N:SEED | diffpure | ids:FILE | all")
     r.add_argument("--source", default=None, help="image source of the dataset (see `bench list datasets`)")
     r.add_argument("--data-root", default=None, help="folder for canonical datasets")
-    r.add_argument("--attacks", default="clean")
+    r.add_argument("--attacks", default=None, help="comma-separated presets (see `bench list attacks`); "
+                   "'clean' alone evaluates clean accuracy only")
+    r.add_argument("--eps", default=None, help="override eps, e.g. 8/255 or 0.5")
+    r.add_argument("--steps", type=int, default=None, help="override attack steps")
+    r.add_argument("--eot", type=int, default=None, help="override EOT draws")
+    r.add_argument("--protocol", default=None, help="a published protocol (configs/protocols/NAME.yaml)")
+    r.add_argument("--scale", default=None, help="full | cpu | smoke (default: cpu on a CPU, full on a GPU or with --protocol)")
+    r.add_argument("--eval-repeats", type=int, default=1, help="k forward passes on each final example")
     r.add_argument("--checkpoint", default=None, help="local checkpoint for robustbench:<Name> etc.")
     r.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    r.add_argument("--batch-size", type=int, default=100)
+    r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default=None, help="run directory (default runs/<defense>-<dataset>-<threat>-<scale>-<hash>)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -173,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args._explicit = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
     try:
         return int(args.func(args) or 0)
     except BenchError as e:

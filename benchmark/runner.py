@@ -1,75 +1,320 @@
-"""Evaluate a defense on a fixed evaluation set.
+"""Run attacks on a fixed evaluation set and store per-sample results that survive a crash.
 
-Randomness is drawn per batch from generators derived from (seed, batch index, purpose),
-so a batch gives the same result whatever order batches run in.
+A run is fully described by a :class:`RunSpec`. Its randomness for (batch, attack, purpose)
+comes from generators derived from the run seed (``benchmark.seeds``), so a batch computes
+the same numbers whether it runs first, after a crash, or on another rank; finished batches
+are skipped on resume.
 """
 from __future__ import annotations
 
+import platform
+import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from .config import config_hash
 from .errors import BenchError
+from .results import RunStore
 from .seeds import generator
+
+# The default battery per threat: (attack preset for deterministic defenses, for stochastic ones).
+THREAT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "linf": {"eps": 8 / 255, "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
+    "l2": {"eps": 0.5, "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
+    "stadv": {"eps": 0.05, "deterministic": ["stadv"], "stochastic": ["stadv"]},
+}
+
+# `--scale cpu`: what a 2-core CPU finishes in minutes. Every number it prints says so.
+SCALES: dict[str, dict[str, Any]] = {
+    "full": {},
+    "cpu": {"n": 64, "steps": 10, "eot": 4, "eval_iter": 4, "autoattack_steps": 20},
+    "smoke": {"n": 8, "steps": 2, "eot": 2, "eval_iter": 2, "autoattack_steps": 2},
+}
 
 
 @dataclass
-class CleanResult:
-    ids: list[str]
-    labels: torch.Tensor
-    preds: torch.Tensor  # (repeats, N)
-    wall_s: float
-    meta: dict[str, Any] = field(default_factory=dict)
+class RunSpec:
+    defense: str
+    dataset: str = "cifar10"
+    threat: str = "linf"
+    subset: str | None = None
+    source: str | None = None
+    attacks: list[str] | None = None  # None: the threat's default battery
+    attack_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eps: float | None = None
+    steps: int | None = None
+    eot: int | None = None
+    protocol: str | None = None
+    scale: str = "full"
+    eval_repeats: int = 1
+    batch_size: int = 64
+    seed: int = 0
+    checkpoint: str | None = None
+    data_root: str | None = None
 
-    @property
-    def n(self) -> int:
-        return len(self.ids)
+    def validate(self) -> None:
+        if self.threat not in THREAT_DEFAULTS:
+            raise ValueError(f"unknown threat {self.threat!r}; choose from {', '.join(THREAT_DEFAULTS)}")
+        if self.eps is not None and not 0 < self.eps <= 1:
+            raise ValueError(f"eps must be in (0, 1], got {self.eps}")
+        if self.steps is not None and self.steps <= 0:
+            raise ValueError(f"steps must be positive, got {self.steps}")
+        if self.eot is not None and self.eot <= 0:
+            raise ValueError(f"eot must be positive, got {self.eot}")
+        if self.eval_repeats <= 0:
+            raise ValueError(f"eval repeats must be positive, got {self.eval_repeats}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        if self.scale not in SCALES:
+            raise ValueError(f"unknown scale {self.scale!r}; choose from {', '.join(SCALES)}")
 
-    @property
-    def correct(self) -> int:
-        """Correct under the first (or only) forward pass."""
-        return int((self.preds[0] == self.labels).sum())
+
+def validate_spec(spec: RunSpec) -> RunSpec:
+    try:
+        spec.validate()
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    return spec
+
+
+def build_attacks(spec: RunSpec, stochastic: bool) -> list[Any]:
+    """Attack objects for the run, with eps/steps/eot overrides and the scale applied."""
+    from attacks import make_attack
+
+    names = spec.attacks if spec.attacks is not None else THREAT_DEFAULTS[spec.threat]["stochastic" if stochastic else "deterministic"]
+    scale = SCALES[spec.scale]
+    out = []
+    for name in names:
+        if name == "clean":
+            continue
+        from benchmark.registry import ATTACKS
+
+        entry = ATTACKS.get(name)
+        family = entry.meta.get("family")
+        threat = spec.threat
+        if threat not in entry.meta.get("threats", (threat,)):
+            raise BenchError(f"attack {name!r} does not support threat {threat!r} (it supports {', '.join(entry.meta.get('threats', ()))})")
+        ov: dict[str, Any] = dict(spec.attack_overrides.get(name, {}))
+        if stochastic and family == "stadv" and "noise_policy" not in ov:
+            ov["noise_policy"] = "eot:10"  # StAdv on a random defense: EOT, as for PGD
+        eps = spec.eps if spec.eps is not None else ov.get("eps")
+        if eps is None and threat != "stadv":
+            eps = THREAT_DEFAULTS[threat]["eps"]
+        if eps is not None:
+            ov["eps"] = eps
+        base = make_attack(name, threat, **ov)
+        params = dict(base.params)
+        if spec.steps is not None and "steps" in params:
+            ov["steps"] = spec.steps
+        elif "steps" in params and scale.get("steps") and family != "autoattack":
+            ov["steps"] = min(int(params["steps"]), scale["steps"]) if int(params["steps"]) > 1 else params["steps"]
+        if family == "autoattack" and scale.get("autoattack_steps") and spec.steps is None:
+            ov["steps"] = min(int(params.get("steps", 100)), scale["autoattack_steps"])
+        if "eval_iter" in params and scale.get("eval_iter"):
+            ov["eval_iter"] = min(int(params["eval_iter"]), scale["eval_iter"])
+        policy = str(params.get("noise_policy", "fresh"))
+        if "eot:" in policy:
+            k = int(policy.split("eot:")[1].split("+")[0])
+            k_new = spec.eot if spec.eot is not None else (min(k, scale["eot"]) if scale.get("eot") else k)
+            ov["noise_policy"] = policy.replace(f"eot:{k}", f"eot:{k_new}")
+        elif spec.eot is not None and "noise_policy" in params and spec.eot > 1:
+            ov["noise_policy"] = (policy + "+" if policy != "fresh" else "") + f"eot:{spec.eot}"
+        out.append(make_attack(name, threat, **ov))
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "pyautoattack", "robustbench", "numpy", "purifybench"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
 
 
 def check_logits(logits: torch.Tensor, batch: int) -> None:
     if not torch.isfinite(logits).all():
-        raise BenchError(f"the defense returned NaN or inf logits on batch {batch}; stopping")
+        raise BenchError(f"the defense returned NaN or inf logits on batch {batch}; stopping (stored results are untouched)")
 
 
-def clean_predictions(
-    defense: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+def _norm(delta: torch.Tensor, threat: str) -> list[float]:
+    flat = delta.flatten(1)
+    v = flat.norm(dim=1) if threat == "l2" else flat.abs().amax(dim=1)
+    return [round(float(t), 6) for t in v]
+
+
+@dataclass
+class RunResult:
+    dir: Path
+    record: dict[str, Any]
+    summary: dict[str, Any]
+    resumed: bool
+
+
+def run(
+    spec: RunSpec,
     *,
-    batch_size: int = 100,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    repeats: int = 1,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """Predictions (repeats, N) of the defense on clean images; fresh noise per repeat."""
-    if batch_size <= 0:
-        raise BenchError(f"batch size must be positive, got {batch_size}")
-    preds = []
-    n = images.shape[0]
-    with torch.no_grad():
-        for b, start in enumerate(range(0, n, batch_size)):
-            x = images[start:start + batch_size].to(device)
-            reps = []
-            for r in range(repeats):
-                g = generator(seed, "clean", b, r, device=x.device)
-                logits = defense(x, generator=g)
-                check_logits(logits, b)
-                reps.append(logits.argmax(1).cpu())
-            preds.append(torch.stack(reps))
-            if on_batch:
-                on_batch(b, x.shape[0])
-    return torch.cat(preds, dim=1)
+    out: str | Path,
+    device: torch.device,
+    defense: Any = None,
+    evalset: Any = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    batch_filter: Callable[[int], bool] | None = None,
+) -> RunResult:
+    """Run (or resume) ``spec``; rows go to ``out``. ``batch_filter`` lets a rank take its share."""
+    from attacks import predict
 
+    from .build import make_defense
+    from .data import load_eval_set
 
-def evaluate_clean(defense: torch.nn.Module, evalset: Any, **kw: Any) -> CleanResult:
+    validate_spec(spec)
+    if evalset is None:
+        evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
+    n_limit = SCALES[spec.scale].get("n")
+    if n_limit and len(evalset) > n_limit and spec.subset is None:
+        evalset = load_eval_set(spec.dataset, f"first:{n_limit}", source=spec.source, root=spec.data_root)
+    if defense is None:
+        defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint)
+    attacks = build_attacks(spec, defense.stochastic)
+    for atk in attacks:
+        atk.policy.check(defense)
+    n = len(evalset)
+    n_batches = (n + spec.batch_size - 1) // spec.batch_size
+    record = {
+        "defense": spec.defense,
+        "defense_info": {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in defense.info.items()},
+        "noise": defense.describe_noise(),
+        "stochastic": bool(defense.stochastic),
+        "dataset": evalset.dataset,
+        "source": evalset.source,
+        "subset": evalset.subset,
+        "ids": list(evalset.ids),
+        "threat": spec.threat,
+        "protocol": spec.protocol,
+        "scale": spec.scale,
+        "scale_limits": SCALES[spec.scale],
+        "attacks": [a.record() for a in attacks],
+        "eval_repeats": spec.eval_repeats,
+        "batch_size": spec.batch_size,
+        "seed": spec.seed,
+        "n": n,
+        "n_batches": n_batches,
+    }
+    record["run_hash"] = config_hash(record)
+    record["versions"] = library_versions()
+    record["git_commit"] = git_commit()
+    record["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({platform.processor() or platform.machine()})")
+    store = RunStore(out)
+    resumed = store.open(record)
     t0 = time.perf_counter()
-    preds = clean_predictions(defense, evalset.images, evalset.labels, **kw)
-    return CleanResult(list(evalset.ids), evalset.labels.clone(), preds, time.perf_counter() - t0)
+    k = spec.eval_repeats
+    for b in range(n_batches):
+        if batch_filter is not None and not batch_filter(b):
+            continue
+        if store.has_batch(b):
+            if on_progress:
+                on_progress("batch", b, min(spec.batch_size, n - b * spec.batch_size))
+            continue
+        lo, hi = b * spec.batch_size, min(n, (b + 1) * spec.batch_size)
+        x = evalset.images[lo:hi].to(device)
+        y = evalset.labels[lo:hi].to(device)
+        with torch.no_grad():
+            check_logits(defense(x, generator=generator(spec.seed, "check", b, device=device)), b)
+        clean = predict(defense, x, noise_policy="fresh", repeats=k, generator=generator(spec.seed, "clean", b, device=device))
+        rows = [{"id": evalset.ids[lo + i], "label": int(y[i]), "clean": [int(p) for p in clean[:, i]]} for i in range(hi - lo)]
+        for atk in attacks:
+            ev = defense.sample_noise(x, generator(spec.seed, "eval-noise", b, atk.name, device=device))
+            x_adv = atk(defense, x, y, generator=generator(spec.seed, "attack", b, atk.name, device=device), eval_noise=ev)
+            if not torch.isfinite(x_adv).all():
+                raise BenchError(f"attack {atk.name} produced NaN/inf images on batch {b}; stopping")
+            preds = predict(defense, x_adv, noise_policy=atk.noise_policy, repeats=k,
+                            generator=generator(spec.seed, "predict", b, atk.name, device=device), fixed_noise=ev)
+            norms = _norm(x_adv - x, spec.threat)
+            for i, row in enumerate(rows):
+                row[atk.name] = {"preds": [int(p) for p in preds[:, i]], "norm": norms[i]}
+            if on_progress:
+                on_progress(atk.name, b, hi - lo)
+        store.write_batch(b, rows)
+        if on_progress:
+            on_progress("batch", b, hi - lo)
+    wall = time.perf_counter() - t0
+    done = store.done_batches()
+    if batch_filter is None and len(done) == n_batches:
+        rows = store.rows(n_batches)
+        store.write_samples(rows)
+        summary = summarize(rows, record)
+        store.write_summary(summary)
+        store.write_timing({"wall_s_this_invocation": round(wall, 3), "finished_unix": time.time(), "resumed": resumed})
+    else:
+        summary = {}
+    return RunResult(store.dir, record, summary, resumed)
+
+
+# --------------------------------------------------------------------- aggregation
+def _majority(preds: list[int], label: int) -> bool:
+    return sum(p == label for p in preds) * 2 > len(preds)
+
+
+def summarize(rows: list[dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy per attack (majority vote and worst-of-k), worst case over attacks, intervals, gap."""
+    from .stats import clopper_pearson
+
+    names = [a["attack"] for a in record["attacks"]]
+    n = len(rows)
+
+    def entry(flags_major: list[bool], flags_worst: list[bool]) -> dict[str, Any]:
+        c, w = sum(flags_major), sum(flags_worst)
+        lo, hi = clopper_pearson(c, n)
+        wlo, whi = clopper_pearson(w, n)
+        return {"n": n, "correct": c, "accuracy": c / n if n else 0.0, "ci95": [lo, hi],
+                "worst_of_k_correct": w, "worst_of_k_accuracy": w / n if n else 0.0, "worst_of_k_ci95": [wlo, whi]}
+
+    out: dict[str, Any] = {"n": n, "eval_repeats": record["eval_repeats"], "scale": record["scale"], "attacks": {}}
+    out["attacks"]["clean"] = entry([_majority(r["clean"], r["label"]) for r in rows],
+                                    [all(p == r["label"] for p in r["clean"]) for r in rows])
+    for a in names:
+        out["attacks"][a] = entry([_majority(r[a]["preds"], r["label"]) for r in rows],
+                                  [all(p == r["label"] for p in r[a]["preds"]) for r in rows])
+    if names:
+        # a sample is robust only if it is correct on clean input and survives every attack
+        major = [_majority(r["clean"], r["label"]) and all(_majority(r[a]["preds"], r["label"]) for a in names) for r in rows]
+        worst = [all(p == r["label"] for p in r["clean"]) and all(all(p == r["label"] for p in r[a]["preds"]) for a in names) for r in rows]
+        out["worst_case"] = entry(major, worst)
+    out["stochasticity_gap"] = stochasticity_gaps(record, out)
+    return out
+
+
+def stochasticity_gaps(record: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Accuracy under the standard white box (fresh/EOT) minus under DW-box (fixed), same budget."""
+    gaps = []
+    by = {a["attack"]: a for a in record["attacks"]}
+
+    def budget(a: dict[str, Any]) -> tuple:
+        p = a["params"]
+        return (a["family"], a["threat"], p.get("eps"), p.get("steps"), p.get("grad_mode"))
+
+    for fa in by.values():
+        pol = str(fa["params"].get("noise_policy", "fresh"))
+        if "fixed" in pol:
+            continue
+        for xa in by.values():
+            if "fixed" in str(xa["params"].get("noise_policy", "")) and budget(xa) == budget(fa):
+                acc_f = summary["attacks"][fa["attack"]]["accuracy"]
+                acc_x = summary["attacks"][xa["attack"]]["accuracy"]
+                gaps.append({"white_box": fa["attack"], "dw_box": xa["attack"], "gap": acc_f - acc_x})
+    return gaps

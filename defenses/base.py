@@ -240,7 +240,25 @@ class Defense(nn.Module):
 
 
 class ModuleDefense(Defense):
-    """Wrap any ``nn.Module`` mapping [0,1] images to logits as a deterministic defense."""
+    """Wrap any ``nn.Module`` mapping [0,1] images to logits as a defense.
 
-    def __init__(self, model: nn.Module, *, name: str = "module", info: Mapping[str, Any] | None = None) -> None:
+    Such a module's randomness, if any, is hidden (global RNG), so it is *opaque*: with
+    ``stochastic=True`` attacks treat it as random (fresh and EOT work) but nothing can be
+    fixed, and a ``fixed`` (DW-box) request is refused.
+    """
+
+    def __init__(self, model: nn.Module, *, name: str = "module", stochastic: bool = False,
+                 info: Mapping[str, Any] | None = None) -> None:
         super().__init__(model, name=name, info=info)
+        self._opaque_stochastic = stochastic
+
+    @property
+    def stochastic(self) -> bool:
+        return self._opaque_stochastic
+
+    @property
+    def opaque(self) -> bool:
+        return self._opaque_stochastic
+
+    def describe_noise(self) -> str:
+        return "opaque randomness (hidden RNG; fixed noise impossible)" if self.stochastic else super().describe_noise()

@@ -1,0 +1,52 @@
+"""Human-readable tables of a run's summary (rich)."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def budget_text(a: dict[str, Any]) -> str:
+    p = a["params"]
+    bits = []
+    if p.get("eps") is not None:
+        e = p["eps"]
+        bits.append(f"eps={round(e * 255)}/255" if a["threat"] == "linf" and abs(e * 255 - round(e * 255)) < 1e-6 else f"eps={e:g}")
+    if p.get("steps") is not None:
+        bits.append(f"steps={p['steps']}")
+    pol = p.get("noise_policy", "fresh")
+    if pol != "fresh":
+        bits.append(pol)
+    if p.get("grad_mode", "exact") != "exact":
+        bits.append(p["grad_mode"])
+    if p.get("eval_iter"):
+        bits.append(f"eval_iter={p['eval_iter']}")
+    return " ".join(bits)
+
+
+def summary_table(record: dict[str, Any], summary: dict[str, Any]):
+    from rich.table import Table
+
+    k = record.get("eval_repeats", 1)
+    title = (f"{record['defense']} | {record['dataset']} {record['source']} {record['subset']} | threat {record['threat']}"
+             f" | scale {record['scale']}" + (f" | protocol {record['protocol']}" if record.get("protocol") else ""))
+    t = Table(title=title, caption=f"95% CI: Clopper-Pearson; robust = majority of {k} final forward pass(es)"
+              + ("; worst-of-k: correct on all k" if k > 1 else "") + "; worst case: correct clean and under every attack")
+    cols = ["attack", "budget", "n", "correct", "accuracy", "95% CI"]
+    if k > 1:
+        cols += ["worst-of-k", "95% CI (worst)"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("attack", "budget") else "right", overflow="fold")
+    budgets = {a["attack"]: budget_text(a) for a in record["attacks"]}
+    rows = list(summary["attacks"].items())
+    if "worst_case" in summary:
+        rows.append(("worst case", summary["worst_case"]))
+    for name, e in rows:
+        lo, hi = e["ci95"]
+        r = [name, budgets.get(name, "" if name != "worst case" else "all attacks"), str(e["n"]), str(e["correct"]),
+             f"{100 * e['accuracy']:.1f}%", f"[{100 * lo:.1f}, {100 * hi:.1f}]"]
+        if k > 1:
+            wlo, whi = e["worst_of_k_ci95"]
+            r += [f"{100 * e['worst_of_k_accuracy']:.1f}%", f"[{100 * wlo:.1f}, {100 * whi:.1f}]"]
+        t.add_row(*r)
+    for g in summary.get("stochasticity_gap", []):
+        t.add_row(f"gap {g['white_box']} - {g['dw_box']}", "stochasticity gap", "", "", f"{100 * g['gap']:+.1f} pts", "")
+    return t
