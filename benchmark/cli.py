@@ -67,7 +67,7 @@ def spec_from_args(args: argparse.Namespace):
         load_builtins()
         for a in spec.attacks:
             if a != "clean":
-                ATTACKS.get(a)
+                ATTACKS.get(str(spec.attack_overrides.get(a, {}).get("preset", a)))
     return validate_spec(spec)
 
 

@@ -7,6 +7,7 @@ are skipped on resume.
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 import time
@@ -93,12 +94,13 @@ def build_attacks(spec: RunSpec, stochastic: bool) -> list[Any]:
             continue
         from benchmark.registry import ATTACKS
 
-        entry = ATTACKS.get(name)
+        ov: dict[str, Any] = dict(spec.attack_overrides.get(name, {}))
+        preset = str(ov.pop("preset", name))  # a protocol may alias a preset, e.g. pgd1000 = pgd with steps 1000
+        entry = ATTACKS.get(preset)
         family = entry.meta.get("family")
         threat = spec.threat
         if threat not in entry.meta.get("threats", (threat,)):
             raise BenchError(f"attack {name!r} does not support threat {threat!r} (it supports {', '.join(entry.meta.get('threats', ()))})")
-        ov: dict[str, Any] = dict(spec.attack_overrides.get(name, {}))
         if stochastic and family == "stadv" and "noise_policy" not in ov:
             ov["noise_policy"] = "eot:10"  # StAdv on a random defense: EOT, as for PGD
         eps = spec.eps if spec.eps is not None else ov.get("eps")
@@ -106,7 +108,7 @@ def build_attacks(spec: RunSpec, stochastic: bool) -> list[Any]:
             eps = THREAT_DEFAULTS[threat]["eps"]
         if eps is not None:
             ov["eps"] = eps
-        base = make_attack(name, threat, **ov)
+        base = make_attack(preset, threat, **ov)
         params = dict(base.params)
         if spec.steps is not None and "steps" in params:
             ov["steps"] = spec.steps
@@ -123,7 +125,8 @@ def build_attacks(spec: RunSpec, stochastic: bool) -> list[Any]:
             ov["noise_policy"] = policy.replace(f"eot:{k}", f"eot:{k_new}")
         elif spec.eot is not None and "noise_policy" in params and spec.eot > 1:
             ov["noise_policy"] = (policy + "+" if policy != "fresh" else "") + f"eot:{spec.eot}"
-        out.append(make_attack(name, threat, **ov))
+        atk = make_attack(preset, threat, **ov)
+        out.append(dataclasses.replace(atk, name=name) if name != preset else atk)
     return out
 
 
