@@ -32,6 +32,8 @@ def make_defense(
 ):
     """Build and freeze the named defense for ``dataset`` on ``device``."""
     options = dict(options or {})
+    if ":" in name and not name.startswith("robustbench:"):
+        return load_plugin(name, dataset=dataset, device=device, options=options)
     if name.startswith("robustbench:"):
         from defenses.zoo import make_robustbench_defense
 
@@ -48,3 +50,72 @@ def make_defense(
         return entry.factory(dataset=dataset, device=device, **options)
     except TypeError as e:
         raise BenchError(f"defense {name!r}: bad options {sorted(options)} ({e})") from None
+
+
+def _load_callable(target: str):
+    """``pkg.mod:fn`` or ``path/to/file.py:fn`` -> the callable."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    where, _, attr = target.rpartition(":")
+    if not where or not attr:
+        raise BenchError(f"plugin must look like pkg.mod:fn or path/file.py:fn, got {target!r}")
+    if where.endswith(".py") or "/" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise BenchError(f"plugin file not found: {path}")
+        spec = importlib.util.spec_from_file_location(f"purifybench_plugin_{abs(hash(str(path.resolve())))}", path)
+        if spec is None or spec.loader is None:
+            raise BenchError(f"cannot import plugin file {path}")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # a user's file may fail in any way; report it in one line
+            raise BenchError(f"plugin file {path} failed to import: {type(e).__name__}: {e}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise BenchError(f"plugin module {where!r} not found ({e})") from None
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise BenchError(f"plugin {target!r}: {where} has no callable {attr!r}")
+    return fn
+
+
+def _probe_stochastic(model: torch.nn.Module, device: torch.device | str) -> bool:
+    """Does an opaque module give different outputs on the same input? (hidden randomness)"""
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    state = torch.get_rng_state()
+    try:
+        with torch.no_grad():
+            torch.manual_seed(1)
+            a = model(x)
+            torch.manual_seed(2)
+            b = model(x)
+    except Exception:  # wrong input size for this probe: assume deterministic, attacks still work
+        return False
+    finally:
+        torch.set_rng_state(state)
+    return not torch.equal(a, b)
+
+
+def load_plugin(target: str, *, dataset: str, device: torch.device | str, options: dict[str, Any]):
+    """A user's defense: a callable returning a Defense, or any nn.Module ([0,1] images -> logits)."""
+    from defenses.base import Defense, ModuleDefense
+
+    fn = _load_callable(target)
+    try:
+        obj = fn(**options) if options else fn()
+    except TypeError as e:
+        raise BenchError(f"plugin {target!r} could not be called: {e}") from None
+    if isinstance(obj, Defense):
+        obj.name = obj.name if obj.name != "defense" else target
+        obj.info.setdefault("plugin", target)
+        return obj.to(device).freeze()
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.to(device).eval()
+        stochastic = _probe_stochastic(obj, device)
+        return ModuleDefense(obj, name=target, stochastic=stochastic, info={"plugin": target}).freeze()
+    raise BenchError(f"plugin {target!r} returned {type(obj).__name__}; expected a Defense or an nn.Module")

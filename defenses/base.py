@@ -119,15 +119,20 @@ class Noise:
 
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.parts.items()}
         tensors["__n__"] = torch.tensor([self.n])
-        save_file(tensors, str(path))
+        save_file(tensors, str(path), metadata={"order": ",".join(self.parts)})
 
     @staticmethod
     def load(path: str | Path, device: torch.device | str = "cpu") -> "Noise":
         from safetensors.torch import load_file
 
+        from safetensors import safe_open
+
         tensors = load_file(str(path), device=str(device))
         n = int(tensors.pop("__n__").item())
-        return Noise(n, tensors)
+        with safe_open(str(path), framework="pt") as f:
+            order = [k for k in ((f.metadata() or {}).get("order") or "").split(",") if k]
+        names = order if set(order) == set(tensors) else sorted(tensors)  # keep the sampled part order
+        return Noise(n, {k: tensors[k] for k in names})
 
 
 def randn(shape: Sequence[int], generator: torch.Generator | None, like: Tensor) -> Tensor:

@@ -82,7 +82,8 @@ def test_save_and_replay(tmp_path):
     z = d.sample_noise(x, gen(7))
     z.save(tmp_path / "noise.safetensors")
     z2 = Noise.load(tmp_path / "noise.safetensors")
-    assert z2.equal(z)
+    assert z2.equal(z) and z2.names == z.names == ("gaussian", "mask")
+    assert Noise.cat([z2, z]).n == 6  # a loaded noise concatenates with a freshly sampled one
     assert torch.equal(d(x, z2), d(x, z))
 
 
@@ -116,3 +117,9 @@ def test_freeze_disables_parameter_gradients_but_not_input_gradients():
     x = torch.rand(2, 3, 8, 8, requires_grad=True)
     d(x, generator=gen(0)).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_loaded_noise_keeps_part_order(tmp_path):
+    z = Noise(2, {"mask": torch.ones(2, 1), "gaussian": torch.zeros(2, 3)})
+    z.save(tmp_path / "z.safetensors")
+    assert Noise.load(tmp_path / "z.safetensors").names == ("mask", "gaussian")

@@ -1,0 +1,133 @@
+"""The runner and results store: reproducible, resumable after SIGKILL, clear errors."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.stats import clopper_pearson
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUG = "tests/plugins/toy_defenses.py"
+
+
+def bench(*args, timeout=600):
+    return subprocess.run([sys.executable, "-W", "ignore", "-m", "benchmark.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(out, pattern):
+    assert out.returncode == 2, (out.stdout[-1500:], out.stderr[-1500:])
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr
+    assert pattern in lines[0], lines[0]
+
+
+RUN = ["run", "--defense", f"{PLUG}:noisy", "--attacks", "pgd_eot,dwbox_both", "--steps", "3", "--eot", "2",
+       "--subset", "first:40", "--batch-size", "4", "--scale", "full", "--eval-repeats", "3", "--quiet"]
+
+
+def files(d: Path) -> dict[str, bytes]:
+    return {name: (d / name).read_bytes() for name in ("record.json", "samples.jsonl", "summary.json")}
+
+
+def strip_volatile(record: bytes) -> dict:
+    r = json.loads(record)
+    return r
+
+
+def test_same_seed_gives_byte_identical_results(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert bench(*RUN, "--out", str(a)).returncode == 0
+    assert bench(*RUN, "--out", str(b)).returncode == 0
+    fa, fb = files(a), files(b)
+    assert fa["samples.jsonl"] == fb["samples.jsonl"] and fa["summary.json"] == fb["summary.json"]
+    assert fa["record.json"] == fb["record.json"]
+    rows = [json.loads(x) for x in fa["samples.jsonl"].decode().splitlines()]
+    assert len(rows) == 40 and set(rows[0]) == {"id", "label", "clean", "pgd_eot", "dwbox_both"}
+    assert len(rows[0]["pgd_eot"]["preds"]) == 3 and rows[0]["pgd_eot"]["norm"] <= 8 / 255 + 1e-6
+    summary = json.loads(fa["summary.json"])
+    e = summary["attacks"]["pgd_eot"]
+    assert e["ci95"] == pytest.approx(list(clopper_pearson(e["correct"], 40)))
+    assert summary["worst_case"]["correct"] <= min(v["correct"] for v in summary["attacks"].values())
+    assert summary["stochasticity_gap"] and summary["stochasticity_gap"][0]["dw_box"] == "dwbox_both"
+    # a different seed is a different run: the same folder refuses it and stays untouched
+    out = bench(*RUN, "--out", str(a), "--seed", "1")
+    one_line_error(out, "holds a different run")
+    assert files(a) == fa
+
+
+def test_sigkill_at_random_points_then_resume_matches(tmp_path):
+    ref = tmp_path / "ref"
+    t0 = time.time()
+    assert bench(*RUN, "--out", str(ref)).returncode == 0
+    full = time.time() - t0
+    expected = files(ref)
+    rng = random.Random(1234)
+    d = tmp_path / "killed"
+    for i in range(10):
+        proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "benchmark.cli", *RUN, "--out", str(d)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, full))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for p in d.rglob("*.json"):  # never a torn file
+            json.loads(p.read_text())
+    out = bench(*RUN, "--out", str(d))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert files(d) == expected
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--attacks", "nope"], "unknown attack 'nope'"),
+    (["--threat", "l7"], "unknown threat"),
+    (["--protocol", "no_such_protocol"], "unknown protocol"),
+    (["--eps", "0"], "eps must be in (0, 1]"),
+    (["--eps", "2"], "eps must be in (0, 1]"),
+    (["--eps", "abc"], "--eps expects a number"),
+    (["--steps", "0"], "steps must be positive"),
+    (["--subset", "first:x"], "subset"),
+    (["--subset", "first:100000"], "only 1000"),
+    (["--scale", "huge"], "unknown scale"),
+    (["--eval-repeats", "0"], "eval repeats must be positive"),
+])
+def test_bad_run_options(args, pattern, tmp_path):
+    one_line_error(bench("run", "--defense", f"{PLUG}:tiny", "--out", str(tmp_path / "o"), *args), pattern)
+
+
+def test_plugin_errors(tmp_path):
+    one_line_error(bench("run", "--defense", "tests/plugins/missing.py:tiny"), "plugin file not found")
+    one_line_error(bench("run", "--defense", f"{PLUG}:nothing_here"), "has no callable 'nothing_here'")
+    one_line_error(bench("run", "--defense", "no_such_pkg_xyz.mod:make"), "plugin module 'no_such_pkg_xyz.mod' not found")
+    one_line_error(bench("run", "--defense", f"{PLUG}:not_a_model"), "returned str")
+    one_line_error(bench("run", "--defense", f"{PLUG}:opaque", "--attacks", "dwbox_both", "--out", str(tmp_path / "o")),
+                   "opaque module")
+
+
+def test_nan_logits_stop_naming_the_batch(tmp_path):
+    one_line_error(bench("run", "--defense", f"{PLUG}:nan_model", "--attacks", "pgd", "--out", str(tmp_path / "o")),
+                   "NaN or inf logits on batch 0")
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(bench("run", "--defense", f"{PLUG}:tiny", "--out", str(blocker / "sub")), "not writable")
+
+
+def test_bad_protocol_yaml(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: x\ncitation: y\nattacks: [pgd]\nstepz: 3\n")
+    one_line_error(bench("run", "--defense", f"{PLUG}:tiny", "--protocol", str(bad)), "unknown key 'stepz'")
+
+
+def test_opaque_plugin_gets_fresh_and_eot(tmp_path):
+    out = bench("run", "--defense", f"{PLUG}:opaque", "--attacks", "pgd_eot", "--steps", "2", "--eot", "2",
+                "--subset", "first:8", "--out", str(tmp_path / "o"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "opaque randomness" in out.stdout
