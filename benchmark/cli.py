@@ -95,7 +95,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     device = resolve_device(args.device)
     out = args.out or default_out(spec)
-    check_writable(out)
     evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
     n_limit = SCALES[spec.scale].get("n")
     if n_limit and spec.subset is None and len(evalset) > n_limit:
@@ -103,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
     torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
     defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint)
+    check_writable(out)  # only now: a bad defense/dataset/option leaves no folder behind
     con = _console()
     con.print(f"[bold]{spec.defense}[/] on {evalset.dataset} ({evalset.source}, subset {evalset.subset}, "
               f"n={len(evalset)}); threat {spec.threat}; scale {spec.scale}; noise: {defense.describe_noise()}; "
@@ -186,6 +186,61 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- leaderboard
+def _wide_console():
+    """A console wide enough for board tables when stdout is not a terminal (CI logs, pipes)."""
+    import os
+
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from leaderboards.board import build_board, render
+
+    from .results import atomic_write_text
+
+    tables, notes = build_board(args.dataset, args.threat, args.results)
+    text = render(tables, notes, args.format, title=f"purifybench leaderboard: {args.dataset}")
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out} ({len(tables)} table(s))")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from leaderboards.gate import check, diff_table, load_baseline
+
+    rows = check(load_baseline(args.baseline), args.results)
+    con = _wide_console()
+    con.print(diff_table(rows))
+    failed = [r for r in rows if r.failed]
+    if failed:
+        con.print(f"[red]FAIL[/]: {len(failed)} of {len(rows)} baseline number(s) regressed")
+        return 1
+    con.print(f"[green]ok[/]: {len(rows)} baseline number(s) within tolerance")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from leaderboards.reproduce import report_tables, reproduce
+
+    con = _wide_console()
+    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()] if args.defenses else None
+    scale = args.scale or ("full" if args.device.startswith("cuda") else "cpu")
+    rep = reproduce(args.protocol, scale=scale, defenses=defenses, device=args.device, results=args.results,
+                    batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
+                    on_note=None if args.quiet else (lambda m: con.print(m, markup=False)))
+    for t in report_tables(rep):
+        con.print(t)
+    for n in rep.notes:
+        con.print(f"note: {n}", markup=False)
+    return 0
+
+
 # ------------------------------------------------------------------------ parser
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2) like every other bad input."""
@@ -235,6 +290,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.set_defaults(func=cmd_train)
+
+    lb = sub.add_parser("leaderboard", help="our stored runs beside the published tables")
+    lb.add_argument("--dataset", required=True, choices=("cifar10", "cifar100", "imagenette", "imagenet"))
+    lb.add_argument("--threat", default=None, choices=("linf", "l2", "stadv"), help="one threat (default: all)")
+    lb.add_argument("--format", default="md", choices=("md", "csv", "html", "json"))
+    lb.add_argument("--out", default=None, help="write to FILE instead of stdout")
+    lb.add_argument("--results", default="runs", help="folder searched for run directories (default runs/)")
+    lb.set_defaults(func=cmd_leaderboard)
+
+    ck = sub.add_parser("check", help="CI regression gate: stored numbers against a baseline YAML")
+    ck.add_argument("--baseline", required=True, help="YAML with entries: defense, dataset, threat, attack, "
+                    "scale, expected, tolerance (percent)")
+    ck.add_argument("--results", default="runs", help="folder searched for run directories (default runs/)")
+    ck.set_defaults(func=cmd_check)
+
+    rp = sub.add_parser("reproduce", help="run a published protocol's defenses and judge its claims")
+    rp.add_argument("protocol", help="configs/protocols/NAME.yaml name, or a path to a protocol YAML")
+    rp.add_argument("--scale", default=None, help="full | cpu | smoke (default: cpu on a CPU, full on a GPU)")
+    rp.add_argument("--defenses", default=None, help="comma-separated subset of the protocol's defenses")
+    rp.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    rp.add_argument("--results", default="runs", help="run directories go to RESULTS/reproduce/PROTOCOL/")
+    rp.add_argument("--data-root", default=None, help="folder for canonical datasets")
+    rp.add_argument("--batch-size", type=int, default=64)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--quiet", action="store_true", help="no progress notes")
+    rp.set_defaults(func=cmd_reproduce)
     return p
 
 

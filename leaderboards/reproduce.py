@@ -1,0 +1,258 @@
+"""``bench reproduce PROTOCOL``: run a published protocol's defenses, compare with the paper, judge its claims.
+
+Each defense of the protocol (``configs/protocols/NAME.yaml``, ``defenses:``) runs through
+:func:`benchmark.runner.run`; a defense that cannot be built (weights not shipped, unknown
+name: its factory raises BenchError) is skipped with the reason. Our numbers are printed beside
+the published rows mapped onto the protocol (``protocol``/``ours``/``protocol_attack`` in
+``leaderboards/published/*.yaml``), and each claim of the protocol's ``claims:`` list gets a
+verdict from the two numbers' 95% intervals:
+
+- ``reproduced``: the intervals are disjoint and the relation holds;
+- ``not reproduced``: the intervals are disjoint and the relation fails;
+- ``inconclusive``: the intervals overlap (more images would be needed to tell);
+- ``not evaluated``: a side was skipped or not run.
+
+A claim is ``{claim: text, left: DEFENSE, right: DEFENSE, attack: NAME, relation: ">="}``
+(``>=``, ``>``, ``<=``, ``<``); ``attack`` is one of the protocol's attacks, ``clean`` or
+``worst_case``, or give ``left_attack`` / ``right_attack`` to compare two attacks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from benchmark.errors import BenchError
+
+RELATIONS = (">=", ">", "<=", "<")
+CLAIM_KEYS = ("claim", "left", "right", "attack", "left_attack", "right_attack", "relation")
+
+
+@dataclass
+class Claim:
+    text: str
+    left: str
+    right: str
+    left_attack: str
+    right_attack: str
+    relation: str
+
+
+@dataclass
+class Outcome:
+    defense: str
+    dir: Path | None = None
+    summary: dict[str, Any] | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class Verdict:
+    claim: Claim
+    verdict: str
+    detail: str
+
+
+@dataclass
+class Report:
+    protocol: Any
+    scale: str
+    outcomes: list[Outcome]
+    comparison: pd.DataFrame
+    verdicts: list[Verdict]
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_claims(protocol: Any) -> list[Claim]:
+    """The protocol's claims, checked; BenchError names the claim and the problem."""
+    metrics = {"clean", "worst_case", *protocol.attacks}
+    out = []
+    for i, raw in enumerate(protocol.claims or []):
+        where = f"protocol {protocol.name} claim {i + 1}"
+        if not isinstance(raw, dict):
+            raise BenchError(f"{where}: expected a mapping")
+        unknown = sorted(set(raw) - set(CLAIM_KEYS))
+        if unknown:
+            raise BenchError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(CLAIM_KEYS)}")
+        for k in ("claim", "left", "right", "relation"):
+            if not isinstance(raw.get(k), str) or not raw[k]:
+                raise BenchError(f"{where}: {k!r} is required (a string)")
+        if raw["relation"] not in RELATIONS:
+            raise BenchError(f"{where}: relation must be one of {' '.join(RELATIONS)}, got {raw['relation']!r}")
+        la, ra = raw.get("left_attack", raw.get("attack")), raw.get("right_attack", raw.get("attack"))
+        for side, a in (("left", la), ("right", ra)):
+            if a is None:
+                raise BenchError(f"{where}: give 'attack' (or 'left_attack' and 'right_attack')")
+            if a not in metrics:
+                raise BenchError(f"{where}: {side} attack {a!r} is not in the protocol; "
+                                 f"choose from {', '.join(sorted(metrics))}")
+        out.append(Claim(raw["claim"], raw["left"], raw["right"], la, ra, raw["relation"]))
+    return out
+
+
+def _metric(summary: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return summary.get("worst_case") if name == "worst_case" else summary.get("attacks", {}).get(name)
+
+
+def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str) -> Verdict:
+    sides = []
+    for name, attack in ((claim.left, claim.left_attack), (claim.right, claim.right_attack)):
+        o = outcomes.get(name)
+        if o is None:
+            return Verdict(claim, "not evaluated", f"{name} was not run (not among the selected defenses)")
+        if o.skipped:
+            return Verdict(claim, "not evaluated", f"{name} skipped: {o.skipped}")
+        m = _metric(o.summary or {}, attack)
+        if m is None:
+            return Verdict(claim, "not evaluated", f"{name} has no {attack} result")
+        sides.append((name, attack, 100 * m["accuracy"], 100 * m["ci95"][0], 100 * m["ci95"][1]))
+    (ln, la, lv, llo, lhi), (rn, ra, rv, rlo, rhi) = sides
+    detail = (f"{ln} {la} {lv:.1f} [{llo:.1f}, {lhi:.1f}] {claim.relation} "
+              f"{rn} {ra} {rv:.1f} [{rlo:.1f}, {rhi:.1f}]")
+    if scale != "full":
+        detail += f" (scale {scale}: not the published setting)"
+    if llo <= rhi and rlo <= lhi:
+        return Verdict(claim, "inconclusive", detail + "; the intervals overlap")
+    holds = {">=": lv >= rv, ">": lv > rv, "<=": lv <= rv, "<": lv < rv}[claim.relation]
+    return Verdict(claim, "reproduced" if holds else "not reproduced", detail)
+
+
+def comparison(protocol: Any, outcomes: list[Outcome], published: pd.DataFrame) -> pd.DataFrame:
+    """Our accuracy beside the published one, per defense and metric (percent)."""
+    pub = published[published["protocol"] == protocol.name] if len(published) else published
+    rows = []
+    for o in outcomes:
+        mine = pub[pub["ours"] == o.defense] if len(pub) else pub
+        for metric in ("clean", *protocol.attacks, "worst_case"):
+            if metric == "clean":
+                vals = [v for v in mine["clean"].dropna()] if len(mine) else []
+                p_val, p_cite = (float(vals[0]), mine[mine["clean"].notna()].iloc[0]["citation"]) if vals else (None, "")
+            elif len(mine) and metric in set(mine["protocol_attack"].dropna()):
+                r = mine[mine["protocol_attack"] == metric].iloc[0]
+                p_val, p_cite = float(r["robust"]), str(r["citation"])
+            else:
+                p_val, p_cite = None, ""
+            row: dict[str, Any] = {"defense": o.defense, "metric": metric, "ours": None, "ci95_lo": None,
+                                   "ci95_hi": None, "n": None, "published": p_val, "delta": None,
+                                   "published_in_ci": None, "citation": p_cite,
+                                   "status": "skipped (see notes)" if o.skipped else ""}
+            m = _metric(o.summary or {}, metric) if not o.skipped else None
+            if m is not None:
+                row.update(ours=100 * m["accuracy"], ci95_lo=100 * m["ci95"][0], ci95_hi=100 * m["ci95"][1], n=m["n"])
+                if p_val is not None:
+                    row["delta"] = row["ours"] - p_val
+                    row["published_in_ci"] = bool(row["ci95_lo"] <= p_val <= row["ci95_hi"])
+            if m is None and p_val is None:
+                continue
+            rows.append(row)
+        if o.skipped and not any(r["defense"] == o.defense for r in rows):
+            rows.append({"defense": o.defense, "metric": "-", "ours": None, "ci95_lo": None, "ci95_hi": None,
+                         "n": None, "published": None, "delta": None, "published_in_ci": None, "citation": "",
+                         "status": "skipped (see notes)"})
+    return pd.DataFrame(rows, columns=["defense", "metric", "ours", "ci95_lo", "ci95_hi", "n", "published", "delta",
+                                       "published_in_ci", "citation", "status"])
+
+
+def reproduce(
+    protocol_name: str,
+    *,
+    scale: str = "cpu",
+    defenses: list[str] | None = None,
+    device: str = "cpu",
+    results: str | Path = "runs",
+    batch_size: int = 64,
+    seed: int = 0,
+    data_root: str | None = None,
+    published: pd.DataFrame | None = None,
+    on_note: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> Report:
+    from benchmark.build import make_defense, resolve_device
+    from benchmark.config import config_hash
+    from benchmark.data import load_eval_set
+    from benchmark.protocols import apply_protocol, load_protocol
+    from benchmark.results import check_writable
+    from benchmark.runner import SCALES, RunSpec, run, validate_spec
+
+    from .published import load_published
+
+    note = on_note or (lambda s: None)
+    p = load_protocol(protocol_name)
+    claims = parse_claims(p)
+    names = defenses if defenses else list(p.defenses)
+    if not names:
+        raise BenchError(f"protocol {p.name} lists no defenses; pass --defenses a,b")
+    if scale not in SCALES:
+        raise BenchError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
+    dev = resolve_device(device)
+    notes: list[str] = []
+    out_root = check_writable(Path(results) / "reproduce" / p.name)
+    outcomes: list[Outcome] = []
+    evalsets: dict[tuple, Any] = {}
+    for name in names:
+        spec = apply_protocol(RunSpec(defense=name, scale=scale, batch_size=batch_size, seed=seed,
+                                      data_root=data_root), protocol_name)
+        validate_spec(spec)
+        key = (spec.dataset, spec.subset, spec.source, spec.data_root)
+        if key not in evalsets:
+            ev = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
+            limit = SCALES[scale].get("n")
+            if limit and len(ev) > limit:
+                msg = (f"scale {scale}: evaluating the first {limit} of the protocol's {len(ev)} images "
+                       f"({ev.subset}); the published setting is scale full")
+                notes.append(msg)
+                note(msg)
+                ev = dataclasses.replace(ev, images=ev.images[:limit], labels=ev.labels[:limit], ids=ev.ids[:limit],
+                                         subset=f"{ev.subset}[:{limit}]")
+            evalsets[key] = ev
+        evalset = evalsets[key]
+        try:
+            defense = make_defense(name, dataset=spec.dataset, device=dev, checkpoint=spec.checkpoint)
+        except BenchError as e:
+            outcomes.append(Outcome(name, skipped=str(e)))
+            notes.append(f"skipped {name}: {e}")
+            note(f"skipped {name}: {e}")
+            continue
+        safe = name.replace(":", "_").replace("/", "_").replace(".py", "")
+        out = out_root / f"{safe}-{spec.dataset}-{spec.threat}-{scale}-{config_hash(spec)[:8]}"
+        note(f"running {name} ({len(evalset)} images, attacks {', '.join(spec.attacks or [])}) -> {out}")
+        res = run(spec, out=out, device=dev, defense=defense, evalset=evalset, on_progress=on_progress)
+        outcomes.append(Outcome(name, dir=res.dir, summary=res.summary))
+    pub = load_published() if published is None else published
+    by_name = {o.defense: o for o in outcomes}
+    verdicts = [judge(c, by_name, scale) for c in claims]
+    if not claims:
+        notes.append(f"protocol {p.name} states no claims")
+    return Report(p, scale, outcomes, comparison(p, outcomes, pub), verdicts, notes)
+
+
+def _f(v: Any, fmt: str = ".1f") -> str:
+    return "" if v is None or (isinstance(v, float) and pd.isna(v)) else format(v, fmt)
+
+
+def report_tables(rep: Report) -> list[Any]:
+    """Rich tables: ours vs published, then the claims' verdicts."""
+    from rich.table import Table
+
+    t = Table(title=f"{rep.protocol.name} at scale {rep.scale}: ours vs published (percent)",
+              caption=f"{rep.protocol.citation}. 95% CI: Clopper-Pearson on our images"
+              + ("" if rep.scale == "full" else f"; scale {rep.scale} is not the published setting"))
+    for c in ("defense", "metric", "ours", "95% CI", "n", "published", "delta", "published in CI", "note"):
+        t.add_column(c, overflow="fold", justify="right" if c in ("ours", "n", "published", "delta") else "left")
+    for _, r in rep.comparison.iterrows():
+        ci = "" if r["ci95_lo"] is None or pd.isna(r["ci95_lo"]) else f"[{r['ci95_lo']:.1f}, {r['ci95_hi']:.1f}]"
+        inci = "" if r["published_in_ci"] is None or pd.isna(r["published_in_ci"]) else ("yes" if r["published_in_ci"] else "no")
+        n = "" if r["n"] is None or pd.isna(r["n"]) else str(int(r["n"]))
+        t.add_row(r["defense"], r["metric"], _f(r["ours"]), ci, n, _f(r["published"], ".2f"),
+                  _f(r["delta"], "+.1f"), inci, r["status"] or r["citation"])
+    v = Table(title=f"claims of {rep.protocol.name}")
+    for c in ("claim", "verdict", "evidence"):
+        v.add_column(c, overflow="fold")
+    colour = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
+    for x in rep.verdicts:
+        c = colour.get(x.verdict)
+        v.add_row(x.claim.text, f"[{c}]{x.verdict}[/]" if c else x.verdict, x.detail)
+    return [t, v]
