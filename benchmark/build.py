@@ -12,7 +12,10 @@ from .errors import BenchError
 from .registry import DEFENSES, load_builtins
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``cpu``, ``cuda[:N]`` or ``auto`` as a torch.device; a BenchError (not a torch crash deep in a
+    run) when CUDA is asked for and absent. Used by the CLI and by every training entry point."""
+    device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

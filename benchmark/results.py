@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 from .errors import BenchError
 
@@ -29,14 +29,15 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temp file in the target's folder, fsync it, rename it over ``path``,
+    then fsync the folder: readers (and a resume after SIGKILL) see the old file or the new one."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
@@ -54,6 +55,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same folder, fsync, rename."""
+    data = text.encode("utf-8")
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (training checkpoints: a crash mid-save keeps the last one)."""
+    import torch  # here, so that the results store itself does not need torch
+
+    _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from .config import config_hash
 from .errors import BenchError
+from .provenance import git_commit, library_versions
 from .results import RunStore
 from .seeds import generator
 
@@ -127,26 +127,6 @@ def build_attacks(spec: RunSpec, stochastic: bool) -> list[Any]:
             ov["noise_policy"] = (policy + "+" if policy != "fresh" else "") + f"eot:{spec.eot}"
         atk = make_attack(preset, threat, **ov)
         out.append(dataclasses.replace(atk, name=name) if name != preset else atk)
-    return out
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "pyautoattack", "robustbench", "numpy", "purifybench"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 

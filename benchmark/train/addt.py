@@ -27,7 +27,6 @@ registry name in ``classifier``.
 """
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import dataclass
@@ -41,18 +40,15 @@ from torch import Tensor, nn
 from benchmark.errors import BenchError
 
 from .ddpm import (
-    Logger,
-    atomic_torch_save,
     count_params,
-    eval_subset,
     finish,
     load_classifier_run,
-    load_split,
     load_train_config,
-    resolve_data_root,
-    resume_hash,
+    load_train_eval,
     run_loop,
     sample_t,
+    start_run,
+    start_training,
     to_model_range,
 )
 
@@ -201,15 +197,7 @@ def main(
     from defenses.unet import UNet
 
     cfg: ADDTTrainConfig = load_train_config(config_path, ADDTTrainConfig, overrides)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError("device cuda requested but CUDA is not available")
-    out = Path(out_dir) if out_dir else Path("runs") / "addt" / Path(config_path).stem
-    out.mkdir(parents=True, exist_ok=True)
-    log = Logger(out / "train.log")
-    root = resolve_data_root(data_root)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    dev, out, log, root = start_run("addt", config_path, device, out_dir, data_root, tf32=False)
 
     init_model, schedule, init_source = load_unet(cfg.init)
     if not isinstance(init_model, UNet):
@@ -219,46 +207,20 @@ def main(
     classifier, clf_path = load_classifier(cfg, dev)
 
     t_load = time.time()
-    train_x, train_y = load_split(root, cfg.data_dir, "train", cfg.n_train)
-    test_x, test_y = load_split(root, cfg.data_dir, "test")
-    sel = eval_subset(cfg.eval_images, len(test_y))
-    test_x, test_y = test_x[sel], test_y[sel]
-    train_x, train_y = train_x.to(dev), train_y.to(dev)
+    train_x, train_y, test_x, test_y = load_train_eval(root, cfg, dev)
+    train_y = train_y.to(dev)
     log(f"data: {len(train_x)} training images on {dev} ({time.time() - t_load:.1f}s); init {init_source}; classifier {clf_path}")
 
     model = init_model.to(dev).train()
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda")
-    perm_gen = torch.Generator(device=dev)
-    perm_gen.manual_seed(cfg.seed * 1000 + 11)
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(cfg.seed * 1000 + 12)
+    ema, opt, perm_gen, gen, state, save_ckpt = start_training(cfg, model, dev, out, resume=resume, seed_offset=11,
+                                                               log=log)
     alpha_bar = schedule.alpha_bar.to(dev)
 
     n = len(train_x)
     bs = min(cfg.batch_size, n)
-    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "log": [], "perm_state": perm_gen.get_state()}
-    ckpt = out / "checkpoint.pt"
-    rhash = resume_hash(cfg)
-    if resume and ckpt.is_file():
-        c = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if c.get("config_hash") != rhash:
-            raise BenchError(f"{ckpt} was written with a different config; use another --out or --no-resume")
-        model.load_state_dict(c["model"])
-        ema.load_state_dict(c["ema"])
-        opt.load_state_dict(c["opt"])
-        gen.set_state(c["gen"])
-        state = {k: c[k] for k in ("epoch", "batch", "step", "elapsed", "log", "perm_state")}
-        log(f"resumed from {ckpt}: epoch {state['epoch']}, batch {state['batch']}, step {state['step']}")
     n_params = count_params(model)
     log(f"ADDT: UNet {n_params / 1e6:.3f}M params, batch {bs}, cgpo {cfg.cgpo_iters} iters x EOT {cfg.eot}, "
         f"r = clamp({cfg.r_scale} sqrt(abar)/sqrt(1-abar), 0, {cfg.r_max})")
-
-    def save_ckpt() -> None:
-        atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                           "gen": gen.get_state(), "config_hash": rhash, **state}, ckpt)
 
     use_amp = cfg.amp and dev.type == "cuda"
 

@@ -38,8 +38,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,8 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.build import resolve_device
 from benchmark.config import from_dict, read_yaml, to_dict
 from benchmark.errors import BenchError
+from benchmark.provenance import git_commit, hardware, library_versions
+from benchmark.results import atomic_torch_save, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CIFAR10_ARCHIVE_SHA256 = "820394552d8cd6cf2834c7f34753d3e36624717e73e6a373a57a01edb25bc5f0"
@@ -479,53 +480,8 @@ class Trainer:
             self.opt_d.load_state_dict(s["opt_d"])
 
 
-# ------------------------------------------------------------------------ recipe
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def hardware(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    hw: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "device": str(device)}
-    if device.type == "cuda":
-        hw["gpu"] = torch.cuda.get_device_name(device)
-    return hw
-
-
-def versions() -> dict[str, str]:
-    import numpy
-
-    v = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__}
-    try:
-        import safetensors
-
-        v["safetensors"] = safetensors.__version__
-    except (ImportError, AttributeError):
-        pass
-    return v
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+def _write_json(obj: Any, path: Path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 # ------------------------------------------------------------------------ training
@@ -583,7 +539,7 @@ def train(
             torch.cuda.synchronize(device)
 
     def save_ckpt() -> None:
-        _atomic_torch_save({"trainer": trainer.state(), "step": step, "total": total, "log": log,
+        atomic_torch_save({"trainer": trainer.state(), "step": step, "total": total, "log": log,
                             "config": to_dict(cfg), "planned_fit": planned_fit,
                             "elapsed": elapsed_before + time.monotonic() - t_start}, ckpt_path)
 
@@ -652,8 +608,8 @@ def train(
         "data_archive_sha256": CIFAR10_ARCHIVE_SHA256,
         "data_sha256": train_data.sha256,
         "train_images": n,
-        "git_commit": _git_commit(),
-        "versions": versions(),
+        "git_commit": git_commit(),
+        "versions": library_versions(),
         "hardware": hardware(device),
         "wall_time_s": round(wall, 1),
         "steps": step,
@@ -670,7 +626,7 @@ def train(
         "finished": True,
     }
     if write_recipe:
-        _atomic_write_json(recipe, out_dir / "recipe.json")
+        _write_json(recipe, out_dir / "recipe.json")
     if not keep_checkpoint and ckpt_path.is_file():
         ckpt_path.unlink()
     return trainer, recipe
@@ -685,9 +641,7 @@ def main(config_path: str, *, device: str, out_dir: str | None, data_root: str |
          resume: bool = True, overrides: dict | None = None) -> Path:
     """`bench train atop`: train one purifier (pretrain or AToP fine-tune) per the config."""
     cfg = load_atop_config(config_path, overrides)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError("device cuda requested but CUDA is not available")
+    dev = resolve_device(device)
     out = Path(out_dir) if out_dir else default_out_dir(cfg)
     rec = out / "recipe.json"
     if resume and rec.is_file() and json.loads(rec.read_text()).get("finished") and \
@@ -728,7 +682,7 @@ def run_job(out: str | Path, *, data_root: str | None, device: str = "cuda", bud
     rt2, ae, rt1, rt3. Each phase gets its share of ``budget_s``; time a phase leaves unused
     passes to the next. Writes <out>/<variant>/weights.safetensors and one <out>/recipe.json."""
     t0 = time.monotonic()
-    dev = torch.device(device)
+    dev = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [v for v in JOB_VARIANTS if variants is None or v[0] in variants]
@@ -799,7 +753,7 @@ def run_job(out: str | Path, *, data_root: str | None, device: str = "cuda", bud
         recipes[name] = recipe
         print(f"[job] {name}: {recipe['steps']} steps in {recipe['wall_time_s']}s, metrics {recipe['metrics']}",
               flush=True)
-        _atomic_write_json({"job": "atop", "budget_s": budget_s, "variants": recipes,
+        _write_json({"job": "atop", "budget_s": budget_s, "variants": recipes,
                             "elapsed_s": round(time.monotonic() - t0, 1)}, recipe_path)
         del trainer
     print(f"[job] done in {time.monotonic() - t0:.1f}s", flush=True)

@@ -22,8 +22,6 @@ import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.build import resolve_device
 from benchmark.config import config_hash, from_dict, read_yaml, to_dict
 from benchmark.errors import BenchError
+from benchmark.provenance import git_state, hardware, library_versions
+from benchmark.results import atomic_torch_save, atomic_write_text
+from benchmark.seeds import derive_seed, generator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_OPTIONS = ("max_epochs", "checkpoint_dir")  # overrides that steer this run but are not part of the recipe
@@ -359,85 +361,12 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------- records
-def _git_commit() -> dict[str, Any]:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        if rev.returncode != 0:
-            return {"commit": "unknown"}
-        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=10)
-        return {"commit": rev.stdout.strip(), "dirty": bool(st.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown"}
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "cuda": str(torch.version.cuda), "cudnn": str(torch.backends.cudnn.version())}
-    for pkg in ("torchvision", "numpy", "pillow", "safetensors", "pyyaml", "rich"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _hardware(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    hw: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "platform": platform.platform()}
-    if device.type == "cuda":
-        hw["gpu"] = torch.cuda.get_device_name(device)
-    return hw
-
-
-def _seed(seed: int, *keys: object) -> int:
-    blob = repr((int(seed), *keys)).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & ((1 << 63) - 1)
-
-
-def _generator(device: torch.device, seed: int, *keys: object) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(_seed(seed, *keys))
-    return g
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _lr_factor(step: int, total: int, opt: OptCfg) -> float:
     warm = int(total * opt.warmup_frac)
     if step < warm:
         return opt.warmup_start + (1 - opt.warmup_start) * step / warm
     frac = (step - warm) / max(1, total - warm)
     return 1.0 + (opt.final_lr_frac - 1.0) * frac
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda requested but CUDA is not available on this machine")
-    return dev
 
 
 # -------------------------------------------------------------------------- main
@@ -458,7 +387,7 @@ def main(
 
     t_start = time.time()
     cfg, run_opts = load_train_config(config_path, overrides)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     out = Path(out_dir or cfg.out_dir or Path("runs") / "train" / cfg.name)
     out.mkdir(parents=True, exist_ok=True)
     recipe_path, log_path = out / "recipe.json", out / "train.log"
@@ -522,7 +451,7 @@ def main(
         subset = _first_per_class(test, cfg.data.subset_per_class)
     num_classes = cfg.model.num_classes or len(train.classes)
     n_hold = cfg.adv.holdout if cfg.adv.method != "none" else 0
-    perm0 = torch.randperm(len(train.labels), generator=_generator(torch.device("cpu"), cfg.seed, "holdout"))
+    perm0 = torch.randperm(len(train.labels), generator=generator(cfg.seed, "holdout"))
     hold_idx, train_idx = perm0[:n_hold].sort().values, perm0[n_hold:].sort().values
     holdout = Split(train.images[hold_idx], train.labels[hold_idx], train.classes)
     train = Split(train.images[train_idx], train.labels[train_idx], train.classes)
@@ -542,11 +471,11 @@ def main(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     channels_last = cfg.channels_last and cuda
-    model = build_arch(cfg.model.arch, dataset=cfg.dataset, num_classes=num_classes, seed=_seed(cfg.seed, "init"),
+    model = build_arch(cfg.model.arch, dataset=cfg.dataset, num_classes=num_classes, seed=derive_seed(cfg.seed, "init"),
                        **cfg.model.kwargs)
     if cfg.model.whiten_init:
         if state is None:
-            gi = _generator(torch.device("cpu"), cfg.seed, "whiten")
+            gi = generator(cfg.seed, "whiten")
             pick = torch.randperm(len(train.labels), generator=gi)[: cfg.model.whiten_init_images]
             model.init_whitening(train.images[pick].float() / 255)  # type: ignore[operator]
         model.whiten.weight.requires_grad_(False)  # type: ignore[union-attr]
@@ -617,8 +546,8 @@ def main(
             if cfg.model.whiten_init and epoch >= cfg.model.whiten_bias_epochs:
                 model.whiten.bias.requires_grad_(False)  # type: ignore[union-attr]
                 model.whiten.bias.grad = None  # type: ignore[union-attr]
-            gcpu = _generator(torch.device("cpu"), cfg.seed, "epoch", epoch)
-            gdev = _generator(dev, cfg.seed, "epoch-device", epoch)
+            gcpu = generator(cfg.seed, "epoch", epoch)
+            gdev = generator(cfg.seed, "epoch-device", epoch, device=dev)
             order = torch.randperm(n, generator=gcpu).to(dev)
             loss_sum = torch.zeros((), device=dev)
             correct = torch.zeros((), device=dev, dtype=torch.long)
@@ -661,7 +590,7 @@ def main(
                                      "subset_acc": sub_acc, "lr_end": optimizer.param_groups[0]["lr"],
                                      "time_s": round(epoch_time, 3)}
             if n_hold:
-                ghold = _generator(dev, cfg.seed, "holdout-pgd")
+                ghold = generator(cfg.seed, "holdout-pgd", device=dev)
                 with autocast():
                     hacc = evaluate(model, holdout, device=dev, batch_size=o.eval_batch_size,
                                     channels_last=channels_last,
@@ -693,7 +622,7 @@ def main(
                                     "stopped_early": stopped_early, "data": json.dumps(data_info)}
             if best is not None:
                 ckpt.update(best_epoch=best["epoch"], best_acc=best["acc"], best_model=best["model"])
-            _atomic_save(ckpt, ckpt_path)
+            atomic_torch_save(ckpt, ckpt_path)
             progress.advance(task_e)
             mean_t = train_time / max(1, len(epoch_log))
             eta = mean_t * (epochs_total - epoch)
@@ -725,11 +654,11 @@ def main(
         key = f"pgd{adv.eval_steps}_acc"
         metrics[f"{key}_subset"] = evaluate(model, subset, device=dev, batch_size=o.eval_batch_size,
                                             channels_last=channels_last, pgd=spec,
-                                            gen=_generator(dev, cfg.seed, "eval-pgd-subset"))
+                                            gen=generator(cfg.seed, "eval-pgd-subset", device=dev))
         if adv.eval_full:
             metrics[f"{key}_full"] = evaluate(model, test, device=dev, batch_size=o.eval_batch_size,
                                               channels_last=channels_last, pgd=spec,
-                                              gen=_generator(dev, cfg.seed, "eval-pgd-full"))
+                                              gen=generator(cfg.seed, "eval-pgd-full", device=dev))
         metrics["pgd"] = (f"Linf eps {adv.eps_255}/255, {adv.eval_steps} steps of {adv.step_255}/255, "
                           f"uniform random start, cross-entropy, fp32, 1 restart")
     metrics["eval_time_s"] = round(time.time() - t_eval, 2)
@@ -751,9 +680,9 @@ def main(
         "seed": cfg.seed,
         "deterministic": not cuda,
         "data": data_info,
-        "git": _git_commit(),
-        "versions": _versions(),
-        "hardware": _hardware(dev),
+        "git": git_state(),
+        "versions": library_versions(),
+        "hardware": hardware(dev),
         "device": str(dev),
         "precision": "bf16 autocast" if amp else "fp32",
         "params": n_params,
@@ -771,7 +700,7 @@ def main(
         "metrics": metrics,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _atomic_write(json.dumps(recipe, indent=2, sort_keys=False, default=str) + "\n", recipe_path)
+    atomic_write_text(recipe_path, json.dumps(recipe, indent=2, sort_keys=False, default=str) + "\n")
     if not cfg.keep_checkpoint:
         ckpt_path.unlink(missing_ok=True)
     log(f"{cfg.name}: done; " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

@@ -19,8 +19,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.build import resolve_device
 from benchmark.config import config_hash, from_dict, read_yaml, to_dict
 from benchmark.errors import BenchError
+from benchmark.provenance import git_commit, hardware, library_versions
+from benchmark.results import atomic_torch_save, atomic_write_text
 from defenses.diffusion import Schedule, q_sample
 from defenses.unet import UNet, UNetConfig, count_params
 
@@ -110,31 +111,6 @@ def resume_hash(cfg: Any) -> str:
     return config_hash(d)
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def hardware(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import safetensors
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "safetensors": safetensors.__version__}
-
-
 def data_fingerprint(data_root: Path, data_dir: str) -> dict[str, Any]:
     """sha256 of the data archive when it sits beside the folder, and of the file list (names + sizes)."""
     folder = data_root / data_dir
@@ -174,18 +150,6 @@ def load_split(data_root: Path, data_dir: str, split: str, n: int = 0) -> tuple[
         idx = torch.arange(n) * len(labels) // n
         images, labels = images[idx], labels[idx]
     return images, labels
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Logger:
@@ -358,6 +322,70 @@ def run_loop(
     return stopped_by_deadline
 
 
+def load_train_eval(root: Path, cfg: Any, dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training images (on ``dev``) and labels, and the sanity-metric test subset (``cfg.eval_images``)."""
+    train_x, train_y = load_split(root, cfg.data_dir, "train", cfg.n_train)
+    test_x, test_y = load_split(root, cfg.data_dir, "test")
+    sel = eval_subset(cfg.eval_images, len(test_y))
+    return train_x.to(dev), train_y, test_x[sel], test_y[sel]
+
+
+def start_run(kind: str, config_path: str, device: str, out_dir: str | None, data_root: str | None, *,
+              tf32: bool) -> tuple[torch.device, Path, Logger, Path]:
+    """Device (a BenchError when CUDA is asked for and absent), output folder (default
+    runs/<kind>/<config stem>), its train.log and the data root; cuDNN autotuning (and TF32) on CUDA."""
+    dev = resolve_device(device)
+    out = Path(out_dir) if out_dir else Path("runs") / kind / Path(config_path).stem
+    out.mkdir(parents=True, exist_ok=True)
+    log = Logger(out / "train.log")
+    root = resolve_data_root(data_root)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+    return dev, out, log, root
+
+
+def start_training(
+    cfg: Any, model: nn.Module, dev: torch.device, out: Path, *, resume: bool, seed_offset: int,
+    log: Callable[[str], None],
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator, torch.Generator, dict[str, Any], Callable[[], None]]:
+    """EMA copy, AdamW, the shuffling and noise generators (seeded ``cfg.seed * 1000 + seed_offset``
+    and ``+ 1``) and the loop state, restored from ``out/checkpoint.pt`` when it holds a run of the
+    same config. Returns them with ``save_ckpt()``, which writes that checkpoint atomically."""
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda")
+    perm_gen = torch.Generator(device=dev)
+    perm_gen.manual_seed(cfg.seed * 1000 + seed_offset)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(cfg.seed * 1000 + seed_offset + 1)
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "log": [],
+                             "perm_state": perm_gen.get_state()}
+    ckpt = out / "checkpoint.pt"
+    rhash = resume_hash(cfg)
+    if resume and ckpt.is_file():
+        c = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if c.get("config_hash") != rhash:
+            raise BenchError(f"{ckpt} was written with a different config; use another --out or --no-resume")
+        model.load_state_dict(c["model"])
+        ema.load_state_dict(c["ema"])
+        opt.load_state_dict(c["opt"])
+        gen.set_state(c["gen"])
+        state.update({k: c[k] for k in ("epoch", "batch", "step", "elapsed", "log", "perm_state")})
+        log(f"resumed from {ckpt}: epoch {state['epoch']}, batch {state['batch']}, step {state['step']}")
+
+    def save_ckpt() -> None:
+        atomic_torch_save({
+            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+            "config_hash": rhash, **state,
+        }, ckpt)
+
+    return ema, opt, perm_gen, gen, state, save_ckpt
+
+
 # --- training ----------------------------------------------------------------------------
 def main(
     config_path: str,
@@ -370,24 +398,10 @@ def main(
 ) -> Path:
     """Train (or resume) a DDPM and write weights.safetensors + recipe.json into the output folder."""
     cfg: DDPMTrainConfig = load_train_config(config_path, DDPMTrainConfig, overrides)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError("device cuda requested but CUDA is not available")
-    out = Path(out_dir) if out_dir else Path("runs") / "ddpm" / Path(config_path).stem
-    out.mkdir(parents=True, exist_ok=True)
-    log = Logger(out / "train.log")
-    root = resolve_data_root(data_root)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    dev, out, log, root = start_run("ddpm", config_path, device, out_dir, data_root, tf32=True)
 
     t_load = time.time()
-    train_x, _ = load_split(root, cfg.data_dir, "train", cfg.n_train)
-    test_x, test_y = load_split(root, cfg.data_dir, "test")
-    sel = eval_subset(cfg.eval_images, len(test_y))
-    test_x, test_y = test_x[sel], test_y[sel]
-    train_x = train_x.to(dev)
+    train_x, _, test_x, test_y = load_train_eval(root, cfg, dev)
     log(f"data: {len(train_x)} training images from {root / cfg.data_dir} on {dev} ({time.time() - t_load:.1f}s)")
 
     schedule = Schedule(cfg.T, cfg.beta_start, cfg.beta_end)
@@ -396,39 +410,13 @@ def main(
         torch.manual_seed(cfg.seed)
         model = UNet(cfg.unet)
     model = model.to(dev)
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda")
-    perm_gen = torch.Generator(device=dev)
-    perm_gen.manual_seed(cfg.seed * 1000 + 1)
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(cfg.seed * 1000 + 2)
-
+    ema, opt, perm_gen, gen, state, save_ckpt = start_training(cfg, model, dev, out, resume=resume, seed_offset=1,
+                                                               log=log)
     n = len(train_x)
     bs = min(cfg.batch_size, n)
-    state = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "log": [], "perm_state": perm_gen.get_state()}
-    ckpt = out / "checkpoint.pt"
-    rhash = resume_hash(cfg)
-    if resume and ckpt.is_file():
-        c = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if c.get("config_hash") != rhash:
-            raise BenchError(f"{ckpt} was written with a different config; use another --out or --no-resume")
-        model.load_state_dict(c["model"])
-        ema.load_state_dict(c["ema"])
-        opt.load_state_dict(c["opt"])
-        gen.set_state(c["gen"])
-        state = {k: c[k] for k in ("epoch", "batch", "step", "elapsed", "log", "perm_state")}
-        log(f"resumed from {ckpt}: epoch {state['epoch']}, batch {state['batch']}, step {state['step']}")
     n_params = count_params(model)
     log(f"UNet {n_params / 1e6:.3f}M parameters; batch {bs}, {n // bs} steps/epoch, epochs {cfg.epochs}, "
         f"t ~ {cfg.t_full_frac:g} U[0,{cfg.T}) + {1 - cfg.t_full_frac:g} U[0,{cfg.t_max})")
-
-    def save_ckpt() -> None:
-        atomic_torch_save({
-            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-            "config_hash": rhash, **state,
-        }, ckpt)
 
     use_amp = cfg.amp and dev.type == "cuda"
 
@@ -483,7 +471,7 @@ def finish(
                               f"(t* = 0.1 is index 99); the model is not meant for sampling from pure noise"),
         "data": data_fingerprint(root, cfg.data_dir),
         "git_commit": git_commit(),
-        "versions": versions(),
+        "versions": library_versions(),
         "hardware": hardware(dev),
         "wall_time_s": round(float(state["elapsed"]), 1),
         "steps": state["step"],
@@ -496,6 +484,6 @@ def finish(
         "classifier_run": clf_path,
         **extra,
     }
-    atomic_write_text(json.dumps(recipe, indent=1), out / "recipe.json")
+    atomic_write_text(out / "recipe.json", json.dumps(recipe, indent=1))
     log(f"wrote {out / 'weights.safetensors'} (sha256 {sha[:16]}...) and recipe.json")
     return out
