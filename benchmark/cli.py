@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -119,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             result = run(spec, out=out, device=device, defense=defense, evalset=evalset, on_progress=on_progress)
         except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
             progress.stop()
             print(f"interrupted: finished batches are saved in {out}; run the same command again to resume",
                   file=sys.stderr)
