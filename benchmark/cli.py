@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any, Sequence
@@ -124,7 +125,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.stop()
             print(f"interrupted: finished batches are saved in {out}; run the same command again to resume",
                   file=sys.stderr)
-            return 130
+            # CPython may still end the process *by* SIGINT (exit -2) when the interrupt surfaced inside
+            # code run through PyRun_*; every result is already on disk atomically, so leave with 130 now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
     con.print(summary_table(result.record, result.summary))
     if result.resumed:
         con.print(f"(resumed from {out})")
