@@ -89,19 +89,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .build import make_defense, resolve_device
-    from .data import load_eval_set
     from .report import summary_table
     from .results import check_writable
-    from .runner import SCALES, run
+    from .runner import load_spec_evalset, run
 
     spec = spec_from_args(args)
     device = resolve_device(args.device)
     out = args.out or default_out(spec)
-    evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
-    n_limit = SCALES[spec.scale].get("n")
-    if n_limit and spec.subset is None and len(evalset) > n_limit:
-        spec.subset = f"first:{n_limit}"
-        evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
+    evalset = load_spec_evalset(spec)
     torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
     defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint)
     check_writable(out)  # only now: a bad defense/dataset/option leaves no folder behind

@@ -141,6 +141,18 @@ def _norm(delta: torch.Tensor, threat: str) -> list[float]:
     return [round(float(t), 6) for t in v]
 
 
+def load_spec_evalset(spec: RunSpec) -> Any:
+    """The images of a run: the spec's subset, or, with no subset, the scale's first n."""
+    from .data import load_eval_set
+
+    evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
+    n_limit = SCALES[spec.scale].get("n")
+    if n_limit and spec.subset is None and len(evalset) > n_limit:
+        spec.subset = f"first:{n_limit}"  # recorded: the table and record name the subset used
+        evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
+    return evalset
+
+
 @dataclass
 class RunResult:
     dir: Path
@@ -163,14 +175,10 @@ def run(
     from attacks import predict
 
     from .build import make_defense
-    from .data import load_eval_set
 
     validate_spec(spec)
     if evalset is None:
-        evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
-    n_limit = SCALES[spec.scale].get("n")
-    if n_limit and len(evalset) > n_limit and spec.subset is None:
-        evalset = load_eval_set(spec.dataset, f"first:{n_limit}", source=spec.source, root=spec.data_root)
+        evalset = load_spec_evalset(spec)
     if defense is None:
         defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint)
     attacks = build_attacks(spec, defense.stochastic)
