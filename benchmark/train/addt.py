@@ -76,7 +76,8 @@ class ADDTTrainConfig:
     ema_decay: float = 0.999
     epochs: int = 10
     time_limit_s: float = 0.0
-    amp: bool = True
+    amp: bool = True  # bf16 autocast on CUDA
+    amp_cpu: bool = False  # and on CPU (fast only where the CPU has bf16 instructions, e.g. avx512_bf16)
     hflip: bool = True
     n_train: int = 0
     seed: int = 0
@@ -222,7 +223,7 @@ def main(
     log(f"ADDT: UNet {n_params / 1e6:.3f}M params, batch {bs}, cgpo {cfg.cgpo_iters} iters x EOT {cfg.eot}, "
         f"r = clamp({cfg.r_scale} sqrt(abar)/sqrt(1-abar), 0, {cfg.r_max})")
 
-    use_amp = cfg.amp and dev.type == "cuda"
+    use_amp = cfg.amp and (dev.type == "cuda" or cfg.amp_cpu)
 
     def loss_fn(idx: Tensor) -> Tensor:
         x0 = to_model_range(train_x[idx], cfg.hflip, gen)

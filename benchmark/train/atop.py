@@ -109,6 +109,7 @@ class AToPConfig:
     seed: int = 0
     time_budget_s: float = 0.0  # 0: none; else stop (and save) after this many seconds
     amp: bool = True  # bf16 autocast on CUDA
+    amp_cpu: bool = False  # and on CPU (fast only where the CPU has bf16 instructions, e.g. avx512_bf16)
     save_dtype: str = "float16"
     log_every: int = 50
 
@@ -346,10 +347,10 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.d_lr, betas=betas) if self.d is not None else None
         if cfg.stage == "finetune" and classifier is None:
             raise BenchError("AToP fine-tuning needs the frozen classifier")
-        self.amp = cfg.amp and device.type == "cuda"
+        self.amp = cfg.amp and (device.type == "cuda" or cfg.amp_cpu)
 
     def autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _d(self, img: Tensor) -> Tensor:
         """Discriminator scores in float32 (spectral norm's power iteration stays out of autocast)."""

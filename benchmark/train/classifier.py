@@ -137,8 +137,11 @@ class TrainConfig:
     opt: OptCfg = field(default_factory=OptCfg)
     adv: AdvCfg = field(default_factory=AdvCfg)
     seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    amp: bool = True  # bf16 autocast on CUDA
+    # bf16 autocast and channels_last on CPU too: 2.5x faster per step on a CPU with avx512_bf16
+    # (AMD EPYC, 2 cores: 0.49 s vs 1.23 s for a 256-image airnet step); slow where bf16 is emulated
+    amp_cpu: bool = False
+    channels_last: bool = True  # on CUDA, and on CPU with amp_cpu
     keep_checkpoint: bool = False  # keep checkpoint.pt after a finished run
     out_dir: str | None = None  # default runs/train/<name>
 
@@ -470,7 +473,7 @@ def main(
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    channels_last = cfg.channels_last and cuda
+    channels_last = cfg.channels_last and (cuda or cfg.amp_cpu)
     model = build_arch(cfg.model.arch, dataset=cfg.dataset, num_classes=num_classes, seed=derive_seed(cfg.seed, "init"),
                        **cfg.model.kwargs)
     if cfg.model.whiten_init:
@@ -513,7 +516,7 @@ def main(
     n = len(train_labels)
     bs = min(o.batch_size, n)
     steps_per_epoch = max(1, n // bs)
-    amp = cfg.amp and cuda
+    amp = cfg.amp and (cuda or cfg.amp_cpu)
 
     def autocast() -> Any:
         return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp)

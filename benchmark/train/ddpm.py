@@ -58,7 +58,8 @@ class DDPMTrainConfig:
     ema_decay: float = 0.9995
     epochs: int = 100
     time_limit_s: float = 0.0  # 0 = no limit; else save and stop after this many seconds of training
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bf16 autocast on CUDA
+    amp_cpu: bool = False  # and on CPU (fast only where the CPU has bf16 instructions, e.g. avx512_bf16)
     hflip: bool = True
     n_train: int = 0  # 0 = whole training split; else a fixed evenly spread subset (smoke tests)
     seed: int = 0
@@ -418,7 +419,7 @@ def main(
     log(f"UNet {n_params / 1e6:.3f}M parameters; batch {bs}, {n // bs} steps/epoch, epochs {cfg.epochs}, "
         f"t ~ {cfg.t_full_frac:g} U[0,{cfg.T}) + {1 - cfg.t_full_frac:g} U[0,{cfg.t_max})")
 
-    use_amp = cfg.amp and dev.type == "cuda"
+    use_amp = cfg.amp and (dev.type == "cuda" or cfg.amp_cpu)
 
     def loss_fn(idx: Tensor) -> Tensor:
         x0 = to_model_range(train_x[idx], cfg.hflip, gen)
