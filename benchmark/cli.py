@@ -89,32 +89,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .build import make_defense, resolve_device
+    from .distributed import setup as dist_setup, shard_samples
     from .report import summary_table
     from .results import check_writable
     from .runner import load_spec_evalset, run
 
     spec = spec_from_args(args)
-    device = resolve_device(args.device)
+    comm = dist_setup(args.distributed, args.device)  # under torchrun: this rank's process group, else None
+    device = comm.device if comm is not None else resolve_device(args.device)
     out = args.out or default_out(spec)
     evalset = load_spec_evalset(spec)
     torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
     defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint)
     check_writable(out)  # only now: a bad defense/dataset/option leaves no folder behind
     con = _console()
-    con.print(f"[bold]{spec.defense}[/] on {evalset.dataset} ({evalset.source}, subset {evalset.subset}, "
-              f"n={len(evalset)}); threat {spec.threat}; scale {spec.scale}; noise: {defense.describe_noise()}; "
-              f"device {device}; results: {out}")
+    rank, world = (comm.rank, comm.world_size) if comm is not None else (0, 1)
+    n_mine = shard_samples(len(evalset), spec.batch_size, rank, world)
+    if rank == 0:
+        con.print(f"[bold]{spec.defense}[/] on {evalset.dataset} ({evalset.source}, subset {evalset.subset}, "
+                  f"n={len(evalset)}); threat {spec.threat}; scale {spec.scale}; noise: {defense.describe_noise()}; "
+                  f"device {device}; results: {out}"
+                  + (f"; sharded over {world} ranks ({comm.backend}), rank 0 attacks {n_mine}" if comm else ""))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     tasks: dict[str, Any] = {}
-    with Progress(*columns, console=con, transient=False, disable=args.quiet) as progress:
+    with Progress(*columns, console=con, transient=False, disable=args.quiet or rank != 0) as progress:
         def on_progress(name: str, batch: int, k: int) -> None:
             if name not in tasks:
-                tasks[name] = progress.add_task("images" if name == "batch" else name, total=len(evalset))
+                tasks[name] = progress.add_task("images" if name == "batch" else name, total=n_mine)
             progress.advance(tasks[name], k)
 
         try:
-            result = run(spec, out=out, device=device, defense=defense, evalset=evalset, on_progress=on_progress)
+            result = run(spec, out=out, device=device, defense=defense, evalset=evalset, on_progress=on_progress,
+                         comm=comm)
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
             progress.stop()
@@ -125,6 +132,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(130)
+    if comm is not None:
+        comm.close()
+        if rank != 0:  # its rows went to rank 0, which prints the table
+            return 0
     con.print(summary_table(result.record, result.summary))
     if result.resumed:
         con.print(f"(resumed from {out})")
@@ -243,6 +254,74 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ plot, quality
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from leaderboards.plots import image_grid, parse_values, plot_accuracy, sweep
+
+    con = _console()
+    if args.kind == "grid":
+        out = args.out or f"{args.results}/plots/grid-{args.defense.replace('/', '_').replace(':', '_')}-{args.dataset}.png"
+        res = image_grid(args.defense, out, dataset=args.dataset, subset=args.subset, attack=args.attack,
+                         threat=args.threat, eps=_parse_eps(args.eps), steps=args.steps, seed=args.seed,
+                         device=args.device, data_root=args.data_root)
+        con.print(f"wrote {res.path}: {len(res.labels)} image(s) x {len(res.columns)} column(s) "
+                  f"({', '.join(res.columns)})", markup=False, soft_wrap=True)
+        return 0
+    defenses = _names(args.defense)
+    families = _names(args.family)
+    eps, steps, eot = _parse_eps(getattr(args, "eps", None)), getattr(args, "steps", None), getattr(args, "eot", None)
+    if args.sweep:
+        if not defenses:
+            raise BenchError("--sweep needs --defense NAME[,NAME...]")
+        values = parse_values(args.sweep, args.kind)
+        for d in defenses:
+            sweep(d, args.kind, values, dataset=args.dataset, threat=args.threat, attacks=_names(args.attacks),
+                  subset=args.subset, eps=eps, steps=steps, eot=eot,
+                  scale=args.scale or "cpu", batch_size=args.batch_size, seed=args.seed, device=args.device,
+                  results=args.results, data_root=args.data_root, scale_step=not args.fixed_step,
+                  on_note=None if args.quiet else (lambda m: con.print(m, markup=False, soft_wrap=True)))
+    who = "-".join(defenses) if defenses else "all"
+    out = args.out or f"{args.results}/plots/acc-vs-{args.kind}-{who.replace('/', '_').replace(':', '_')}-{args.dataset}.png"
+    fixed = {k: v for k, v in (("eps", eps), ("steps", steps), ("eot", eot)) if k != args.kind}
+    res = plot_accuracy(args.results, args.kind, out, defenses=defenses, dataset=args.dataset, threat=args.threat,
+                        families=families, scale=args.scale if not args.sweep else (args.scale or "cpu"),
+                        fixed=fixed)
+    from leaderboards.board import eps_text
+
+    con.print(f"wrote {res.path}: {len(res.curves)} curve(s)", markup=False, soft_wrap=True)
+    for c in res.curves:
+        pts = ", ".join(f"{eps_text(p.x, c.threat) if args.kind == 'eps' else f'{p.x:g}'}: "
+                        f"{p.acc:.1f} [{p.lo:.1f}, {p.hi:.1f}]" for p in c.points)
+        con.print(f"  {c.label}: {pts}", markup=False, soft_wrap=True)
+    for n in res.notes:
+        con.print(f"note: {n}", markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    import json
+
+    from leaderboards.quality import evaluate_quality, quality_table
+
+    from .results import atomic_write_text
+
+    rep = evaluate_quality(args.defense, dataset=args.dataset, subset=args.subset, features=args.features,
+                           inception_weights=args.inception_weights, seed=args.seed, batch_size=args.batch_size,
+                           device=args.device, data_root=args.data_root)
+    con = _wide_console()
+    con.print(quality_table(rep))
+    for n in rep.notes:
+        con.print(f"note: {n}", markup=False)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
+        con.print(f"wrote {args.out}", markup=False)
+    return 0
+
+
 # ------------------------------------------------------------------------ parser
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2) like every other bad input."""
@@ -277,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", default=None, help="run directory (default runs/<defense>-<dataset>-<threat>-<scale>-<hash>)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--distributed", action="store_true", help="require a torchrun launch and shard the batches "
+                   "over its ranks (automatic under torchrun): torchrun --nproc-per-node N -m benchmark.cli run ...")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="list registered things")
@@ -318,6 +399,66 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--quiet", action="store_true", help="no progress notes")
     rp.set_defaults(func=cmd_reproduce)
+
+    pl = sub.add_parser("plot", help="figures: accuracy vs eps / steps / EOT from stored runs, or an image grid")
+    plk = pl.add_subparsers(dest="kind", required=True)
+    for kind, what in (("eps", "eps"), ("steps", "attack steps"), ("eot", "EOT draws")):
+        c = plk.add_parser(kind, help=f"robust accuracy against {what}, with 95% intervals")
+        c.add_argument("--defense", default=None, help="defense name(s), comma-separated (default: every stored one)")
+        c.add_argument("--dataset", default="cifar10")
+        c.add_argument("--threat", default="linf", choices=("linf", "l2", "stadv"))
+        c.add_argument("--family", default=None, help="attack families to show, e.g. pgd,autoattack (default: all)")
+        c.add_argument("--scale", default=None, help="only runs at this scale (with --sweep: the sweep's scale, default cpu)")
+        c.add_argument("--results", default="runs", help="folder searched for run directories (default runs/)")
+        c.add_argument("--out", default=None, help="PNG file (default RESULTS/plots/acc-vs-KIND-DEFENSE-DATASET.png)")
+        c.add_argument("--sweep", default=None, metavar="VALUES",
+                       help=f"first run the defense at these {what} values (e.g. "
+                            f"{'1/255,2/255,4/255,8/255' if kind == 'eps' else '5,10,20,50' if kind == 'steps' else '1,2,4,8'})"
+                            " into RESULTS/sweeps/")
+        c.add_argument("--attacks", default=None, help="with --sweep: attack presets (default pgd, or pgd_eot if stochastic)")
+        c.add_argument("--subset", default=None, help="with --sweep: images (default: the scale's first n)")
+        if kind != "eps":
+            c.add_argument("--eps", default=None, help="fixed eps, e.g. 8/255 (the sweep's; and only runs at it)")
+        if kind != "steps":
+            c.add_argument("--steps", type=int, default=None, help="fixed attack steps (the sweep's; and only runs at it)")
+        if kind != "eot":
+            c.add_argument("--eot", type=int, default=None, help="fixed EOT draws (the sweep's; and only runs at it)")
+        c.add_argument("--fixed-step", action="store_true",
+                       help="with --sweep: keep the preset's PGD step size at every eps (default: scale it with "
+                            "eps, keeping the preset's step/eps ratio)")
+        c.add_argument("--device", default="cpu")
+        c.add_argument("--batch-size", type=int, default=64)
+        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--data-root", default=None)
+        c.add_argument("--quiet", action="store_true")
+        c.set_defaults(func=cmd_plot)
+    g = plk.add_parser("grid", help="clean / transformed / purified / adversarial / purified-adversarial images")
+    g.add_argument("--defense", required=True)
+    g.add_argument("--dataset", default="cifar10")
+    g.add_argument("--subset", default="first:6", help="the images, one row each (at most 16)")
+    g.add_argument("--attack", default=None, help="attack preset (default pgd, or pgd_eot if the defense is stochastic)")
+    g.add_argument("--threat", default="linf", choices=("linf", "l2", "stadv"))
+    g.add_argument("--eps", default=None, help="e.g. 8/255 (default: the preset's)")
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--data-root", default=None)
+    g.add_argument("--results", default="runs", help="default output folder RESULTS/plots/")
+    g.add_argument("--out", default=None, help="PNG file")
+    g.set_defaults(func=cmd_plot)
+
+    q = sub.add_parser("quality", help="purification quality: PSNR, SSIM, FD/KID of purified vs clean images")
+    q.add_argument("--defense", required=True)
+    q.add_argument("--dataset", default="cifar10")
+    q.add_argument("--subset", default="first:64")
+    q.add_argument("--features", default=None, help="classifier for FD/KID features (default DATASET_standard)")
+    q.add_argument("--inception-weights", default=None, help="torch-fidelity's Inception weights file, for FID/KID")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--data-root", default=None)
+    q.add_argument("--out", default=None, help="also write the report as JSON to FILE")
+    q.set_defaults(func=cmd_quality)
     return p
 
 
@@ -329,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        sys.stderr.write(f"error: {e}\n")  # one write: torchrun ranks share the stream, lines must not interleave
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
