@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -110,7 +110,12 @@ class Entry:
     notes: list[str] = field(default_factory=list)
 
 
-def entry_from_run(run: StoredRun) -> Entry:
+def run_attacks(run: StoredRun) -> list[dict[str, Any]]:
+    """One measurement per recorded attack of a stored run: name, leaderboard family, eps, steps,
+    EOT draws, accuracy and its 95% interval (percent), correct/n, and the budget as text.
+
+    The board's rows and the accuracy-vs-budget plots (leaderboards/plots.py) read runs through
+    this one function, so a plotted point is exactly the number the board shows."""
     rec, summ = run.record, run.summary
     pct = lambda v: 100.0 * float(v)  # noqa: E731
     attacks = []
@@ -126,9 +131,17 @@ def entry_from_run(run: StoredRun) -> Entry:
             extra = str(p.get("noise_policy", "")).split("+")[0]
         elif fam == "autoattack":
             extra = str(p.get("version", ""))
-        attacks.append({"name": name, "family": fam, "steps": p.get("steps"), "eot": eot_of(p),
+        attacks.append({"name": name, "family": fam, "eps": p.get("eps"), "steps": p.get("steps"), "eot": eot_of(p),
                         "acc": pct(s["accuracy"]), "ci": (pct(s["ci95"][0]), pct(s["ci95"][1])),
+                        "correct": s.get("correct"), "n": s.get("n"),
                         "budget": _budget_text(name, p.get("steps"), eot_of(p), extra)})
+    return attacks
+
+
+def entry_from_run(run: StoredRun) -> Entry:
+    rec, summ = run.record, run.summary
+    pct = lambda v: 100.0 * float(v)  # noqa: E731
+    attacks = run_attacks(run)
     clean = summ["attacks"].get("clean")
     wc = summ.get("worst_case")
     threat = rec.get("threat", "?")
@@ -210,25 +223,43 @@ def _worst_flags(e: Entry) -> list[str]:
     return []
 
 
+def family_curves(attacks: Iterable[dict[str, Any]],
+                  x: Callable[[dict[str, Any]], float | None]) -> dict[str, list[tuple[float, dict[str, Any]]]]:
+    """Attack measurements by leaderboard family as curves over ``x`` (a budget, eps, steps or EOT):
+    per family, (x, measurement) sorted by x, keeping at each x the lowest accuracy (the strongest
+    attack there). Measurements whose x is None are left out. Shared by :func:`under_attacked`
+    and the accuracy-vs-budget plots, so both look at the same points."""
+    fams: dict[str, dict[float, dict[str, Any]]] = {}
+    for a in attacks:
+        v = x(a)
+        if v is None:
+            continue
+        at = fams.setdefault(a["family"], {})
+        if v not in at or a["acc"] < at[v]["acc"]:
+            at[v] = a
+    return {fam: sorted(at.items(), key=lambda kv: kv[0]) for fam, at in fams.items()}
+
+
+def still_falling(prev: dict[str, Any], top: dict[str, Any]) -> float | None:
+    """The half-width of ``top``'s interval when accuracy dropped from ``prev`` (a smaller budget)
+    to ``top`` (the largest) by more than it: the attack had not converged. None otherwise."""
+    if top["ci"] is None:
+        return None
+    half = (top["ci"][1] - top["ci"][0]) / 2
+    return half if prev["acc"] - top["acc"] > half else None
+
+
 def under_attacked(e: Entry) -> list[str]:
     """Flag a family whose largest budget is lower than the next one by more than its interval's
     half-width: the attack had not converged there, so it may not have converged at all."""
     flags = []
-    fams: dict[str, list[dict[str, Any]]] = {}
-    for a in e.attacks:
-        b = _budget_value(a["steps"], a["eot"])
-        if b is not None:
-            fams.setdefault(a["family"], []).append({**a, "b": b})
-    for fam, items in fams.items():
-        budgets = sorted({a["b"] for a in items})
-        if len(budgets) < 2:
+    curves = family_curves(e.attacks, lambda a: _budget_value(a["steps"], a["eot"]))
+    for fam, points in curves.items():
+        if len(points) < 2:
             continue
-        top = min((a for a in items if a["b"] == budgets[-1]), key=lambda a: a["acc"])
-        prev = min((a for a in items if a["b"] == budgets[-2]), key=lambda a: a["acc"])
-        if top["ci"] is None:
-            continue
-        half = (top["ci"][1] - top["ci"][0]) / 2
-        if prev["acc"] - top["acc"] > half:
+        prev, top = points[-2][1], points[-1][1]
+        half = still_falling(prev, top)
+        if half is not None:
             flags.append(f"under-attacked: {FAMILY_LABELS.get(fam, fam)} accuracy still falling at the largest "
                          f"budget ({prev['budget']}: {prev['acc']:.1f} -> {top['budget']}: {top['acc']:.1f}, "
                          f"interval half-width {half:.1f})")
