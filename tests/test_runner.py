@@ -143,3 +143,21 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
     assert "run the same command again to resume" in err
     out = bench(*RUN, "--out", str(d))
     assert out.returncode == 0 and "resumed" in out.stdout
+
+
+def test_eps_override_keeps_the_presets_step_ratio():
+    """--eps 1/255 with the pgd preset's fixed 2/255 step would only bounce between corners."""
+    from benchmark.runner import RunSpec, build_attacks
+
+    def step(**kw):
+        (atk,) = build_attacks(RunSpec(defense="x", attacks=["pgd"], **kw), stochastic=False)
+        return atk.params["eps"], atk.params["step_size"]
+
+    assert step() == pytest.approx((8 / 255, 2 / 255))
+    assert step(eps=1 / 255) == pytest.approx((1 / 255, 0.25 / 255))
+    assert step(eps=16 / 255) == pytest.approx((16 / 255, 4 / 255))
+    # an explicit step (a protocol's) is kept as written
+    eps, st = step(eps=4 / 255, attack_overrides={"pgd": {"step_size": 0.5 / 255}})
+    assert (eps, st) == pytest.approx((4 / 255, 0.5 / 255))
+    # L2: the default step is already eps/4, scaling keeps it so
+    assert step(eps=1.0, threat="l2") == pytest.approx((1.0, 0.25))
