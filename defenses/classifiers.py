@@ -141,8 +141,13 @@ class AirNet(nn.Module):
         logit_scale: float = 1 / 9,
         whiten_width: int = 24,
         whiten_kernel: int = 2,
+        tta_flip: bool = False,
     ) -> None:
         super().__init__()
+        # test-time augmentation as airbench evaluates: in eval mode the logits are the mean over
+        # the image and its mirror. Part of the model's forward, so every attack differentiates
+        # through both views; training (train mode) is unaffected.
+        self.tta_flip = tta_flip
         self.normalize = Normalize(mean, std, input_size)
         self.whiten = nn.Conv2d(3, whiten_width, kernel_size=whiten_kernel, padding=0, bias=True)
         self.act = nn.GELU()
@@ -154,6 +159,11 @@ class AirNet(nn.Module):
         self.logit_scale = logit_scale
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.tta_flip and not self.training:
+            return 0.5 * (self._logits(x) + self._logits(x.flip(3)))
+        return self._logits(x)
+
+    def _logits(self, x: Tensor) -> Tensor:
         x = self.act(self.whiten(self.normalize(x)))
         x = self.groups(x)
         x = F.adaptive_max_pool2d(x, 1).flatten(1)
@@ -484,6 +494,7 @@ def register_shipped(
     dtype: str = "float16",
     metrics: Mapping[str, Any] | None = None,
     weights_dir: Path = WEIGHTS_DIR,
+    extra_arch_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Copy a finished run's weights (cast by :func:`cast_weights`) and its recipe into the shipped
     weights folder and add/replace the manifest entry (file, sha256, arch, dataset, recipe,
@@ -506,7 +517,7 @@ def register_shipped(
         "bytes": (weights_dir / fname).stat().st_size,
         "dtype": dtype,
         "arch": model_cfg.get("arch"),
-        "arch_kwargs": model_cfg.get("kwargs", {}),
+        "arch_kwargs": {**model_cfg.get("kwargs", {}), **dict(extra_arch_kwargs or {})},
         "dataset": cfg.get("dataset"),
         "num_classes": model_cfg.get("num_classes") or dataset_info(cfg.get("dataset", "cifar10"))["num_classes"],
         "recipe": recipe_name,

@@ -27,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmark.errors import BenchError  # noqa: E402
 
 
-def fp16_check(run_dir: Path, recipe: dict, data_root: str | None) -> dict:
-    """Compare fp32 and fp16-rounded weights on the run's eval subset (CPU, clean inputs)."""
+def fp16_check(run_dir: Path, recipe: dict, data_root: str | None, extra_kwargs: dict | None = None,
+               full: bool = False) -> dict:
+    """Compare fp32 and fp16-rounded weights on the run's eval subset (CPU, clean inputs), with
+    ``extra_kwargs`` added to the architecture's; ``full``: the fp16 model on the whole test split too."""
     from benchmark.config import from_dict
     from benchmark.train.classifier import DataCfg, _first_per_class, _load_folder, _resolve_dir
     from defenses.classifiers import build_arch, cast_weights
@@ -44,12 +46,14 @@ def fp16_check(run_dir: Path, recipe: dict, data_root: str | None) -> dict:
         test = _load_folder(_resolve_dir(data.dir, data_root), data.test_split, classes=classes, size=data.size,
                             per_class=data.subset_per_class)
         subset = _first_per_class(test, data.subset_per_class)
+    if full:
+        test_full = _load_folder(_resolve_dir(data.dir, data_root), data.test_split, classes=classes, size=data.size)
     state = load_state_dict(run_dir / "weights.safetensors")
     model_cfg = cfg["model"]
     preds, logits = [], []
     for dt in (torch.float32, torch.float16):
         model = build_arch(model_cfg["arch"], dataset=cfg["dataset"], num_classes=model_cfg.get("num_classes"),
-                           **model_cfg.get("kwargs", {}))
+                           **{**model_cfg.get("kwargs", {}), **(extra_kwargs or {})})
         name = "float16" if dt == torch.float16 else "float32"
         model.load_state_dict({k: cast_weights(v, name).float() if v.is_floating_point() else v
                                for k, v in state.items()})
@@ -61,9 +65,15 @@ def fp16_check(run_dir: Path, recipe: dict, data_root: str | None) -> dict:
         lg = torch.cat(out)
         logits.append(lg)
         preds.append(lg.argmax(1))
+    extra = {}
+    if full:  # the shipped (last built: fp16-rounded) model on the whole test split
+        with torch.no_grad():
+            pf = torch.cat([model(test_full.images[i:i + 200].float() / 255).argmax(1)
+                            for i in range(0, len(test_full.labels), 200)])
+        extra = {"n_full": len(test_full.labels), "acc_fp16_full": float((pf == test_full.labels).float().mean())}
     n = len(subset.labels)
     correct = [int((p == subset.labels).sum()) for p in preds]
-    return {"n": n, "acc_fp32": correct[0] / n, "acc_fp16": correct[1] / n,
+    return {**extra, "n": n, "acc_fp32": correct[0] / n, "acc_fp16": correct[1] / n,
             "agreement": float((preds[0] == preds[1]).float().mean()),
             "max_abs_logit_diff": float((logits[0] - logits[1]).abs().max()),
             # no accuracy loss: at most one image of the subset (ties flip either way)
@@ -77,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", choices=("auto", "float16", "float32"))
     p.add_argument("--data-root", default=None, help="folder holding the run's data folders (for --dtype auto)")
     p.add_argument("--weights-dir", default=None, help="shipped-weights folder (default: defenses/weights)")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="ship with test-time flip averaging (airnet tta_flip: eval-mode logits = mean over the "
+                        "image and its mirror); the accuracies are re-measured that way (subset and full test)")
     a = p.parse_args(argv)
     from defenses.classifiers import register_shipped
 
@@ -87,13 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         recipe = json.loads((run / "recipe.json").read_text())
         metrics = dict(recipe.get("metrics", {}))
         dtype = a.dtype
-        if dtype == "auto":
-            check = fp16_check(run, recipe, a.data_root)
+        extra = {"tta_flip": True} if a.tta_flip else {}
+        if dtype == "auto" or extra:
+            check = fp16_check(run, recipe, a.data_root, extra, full=bool(extra))
             metrics["fp16_check"] = check
-            dtype = "float16" if check["ok"] else "float32"
+            if dtype == "auto":
+                dtype = "float16" if check["ok"] else "float32"
             print(f"fp16 check: {json.dumps(check)} -> {dtype}")
+        if extra:  # the run's own metrics were measured without TTA: keep them, add the shipped ones
+            metrics["tta_flip"] = {"clean_acc_subset": check["acc_fp16" if dtype == "float16" else "acc_fp32"],
+                                   "n_subset": check["n"], "clean_acc_full": check["acc_fp16_full"],
+                                   "n_full": check["n_full"],
+                                   "note": "test-time flip averaging added at shipping; weights as trained"}
         kw = {"weights_dir": Path(a.weights_dir)} if a.weights_dir else {}
-        entry = register_shipped(a.name, run / "weights.safetensors", recipe, dtype=dtype, metrics=metrics, **kw)
+        entry = register_shipped(a.name, run / "weights.safetensors", recipe, dtype=dtype, metrics=metrics,
+                                 extra_arch_kwargs=extra, **kw)
         if entry["bytes"] > 12_000_000:
             print(f"warning: {entry['file']} is {entry['bytes'] / 1e6:.1f} MB, over the 12 MB per-model limit",
                   file=sys.stderr)
