@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from benchmark.errors import BenchError
 from defenses.base import Defense, Noise
 
+from .precision import full_precision
+
 THREATS: tuple[str, ...] = ("linf", "l2", "stadv")
 GRAD_MODES: tuple[str, ...] = ("exact", "bpda")
 LOSSES: tuple[str, ...] = ("ce", "cw")
@@ -296,6 +298,9 @@ class Objective:
     loss (EOT), computed ``eot_chunk`` draws per forward/backward pass by replicating the batch
     (``None``: 1 on CPU, all on CUDA). The same forward passes also give each sample's
     misclassification rate and mean margin, which the families use to keep the best iterate.
+    Given the bf16 view of a defense (:class:`attacks.precision.AutocastDefense`, ``bench run
+    --precision bf16``), ``loss_grad`` runs under autocast while :meth:`evaluate` uses the fp32
+    defense behind it.
     """
 
     def __init__(
@@ -403,12 +408,13 @@ class Objective:
         err = torch.zeros(n, device=x.device)
         mar = torch.zeros(n, device=x.device)
         chunk = max(1, min(self.eot_chunk or default_eot_chunk(x.device, k), k))
+        full_eval = full_precision(self.defense)  # candidates are judged as the evaluation will see them
         left = k
         while left > 0:
             c = min(chunk, left)
             xr = x.repeat(c, *([1] * (x.dim() - 1))) if c > 1 else x
             yr = y.repeat(c) if c > 1 else y
-            lg = self.defense(xr, self.draw_noise(x, c)).float()
+            lg = full_eval(xr, self.draw_noise(x, c)).float()
             err += (lg.argmax(1) != yr).float().view(c, n).sum(0)
             mar += margin(lg, yr).view(c, n).sum(0)
             left -= c
@@ -542,6 +548,7 @@ def predict(
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise BenchError(f"repeats must be a positive integer, got {repeats!r}")
+    defense = full_precision(defense)  # reported predictions are always fp32 (see attacks.precision)
     policy = NoisePolicy.parse(noise_policy)
     policy.check(defense)
     names = policy.fixed_names(defense) if defense.stochastic else ()

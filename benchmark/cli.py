@@ -58,7 +58,8 @@ def spec_from_args(args: argparse.Namespace):
     spec = RunSpec(defense=args.defense, dataset=args.dataset, threat=args.threat, subset=args.subset,
                    source=args.source, attacks=attacks, eps=_parse_eps(args.eps), steps=args.steps, eot=args.eot,
                    protocol=args.protocol, scale=scale, eval_repeats=args.eval_repeats, batch_size=args.batch_size,
-                   seed=args.seed, checkpoint=args.checkpoint, data_root=args.data_root)
+                   seed=args.seed, checkpoint=args.checkpoint, data_root=args.data_root,
+                   precision=getattr(args, "precision", "fp32"))
     if args.protocol:
         from .protocols import apply_protocol
 
@@ -78,10 +79,10 @@ def _given(args: argparse.Namespace, key: str) -> bool:
 
 
 def default_out(spec) -> str:
-    from .config import config_hash
+    from .runner import spec_hash
 
     safe = spec.defense.replace(":", "_").replace("/", "_").replace(".py", "")
-    return f"runs/{safe}-{spec.dataset}-{spec.threat}-{spec.scale}-{config_hash(spec)[:8]}"
+    return f"runs/{safe}-{spec.dataset}-{spec.threat}-{spec.scale}-{spec_hash(spec)[:8]}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -137,6 +138,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if rank != 0:  # its rows went to rank 0, which prints the table
             return 0
     con.print(summary_table(result.record, result.summary))
+    if result.record.get("precision_check"):
+        pc = result.record["precision_check"]
+        con.print(f"precision: attack gradients in {pc['used']} (requested {pc['requested']}; {pc['requested']}-vs-fp32 input-gradient "
+                  f"cosine min {pc['min_cosine']}, mean {pc['mean_cosine']}, threshold {pc['threshold']}"
+                  + (f"; {pc['error']}" if pc.get("error") else "") + "); reported accuracies: fp32 forward passes")
     if result.resumed:
         con.print(f"(resumed from {out})")
     return 0
@@ -354,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--precision", default="fp32", help="fp32 | bf16: attack forward/backward under bf16 autocast if "
+                   "its input gradients match fp32 on the first batch (cosine >= 0.99), else fp32; reported "
+                   "accuracies always come from fp32 forward passes")
     r.add_argument("--out", default=None, help="run directory (default runs/<defense>-<dataset>-<threat>-<scale>-<hash>)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--distributed", action="store_true", help="require a torchrun launch and shard the batches "

@@ -60,6 +60,7 @@ class RunSpec:
     seed: int = 0
     checkpoint: str | None = None
     data_root: str | None = None
+    precision: str = "fp32"  # attack gradients; "bf16" after a gradient check (attacks.precision)
 
     def validate(self) -> None:
         if self.threat not in THREAT_DEFAULTS:
@@ -76,6 +77,19 @@ class RunSpec:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
         if self.scale not in SCALES:
             raise ValueError(f"unknown scale {self.scale!r}; choose from {', '.join(SCALES)}")
+        from attacks.precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+
+
+def spec_hash(spec: RunSpec) -> str:
+    """config_hash of the spec; the default fp32 precision is left out, so specs (and default
+    run folders) from before ``--precision`` existed keep their hash."""
+    d = dataclasses.asdict(spec)
+    if d.get("precision") == "fp32":
+        d.pop("precision")
+    return config_hash(d)
 
 
 def validate_spec(spec: RunSpec) -> RunSpec:
@@ -200,6 +214,7 @@ def run(
         atk.policy.check(defense)
     n = len(evalset)
     n_batches = (n + spec.batch_size - 1) // spec.batch_size
+    attack_defense, precision_check, t_check = _attack_precision(spec, defense, attacks, evalset, device)
     record = {
         "defense": spec.defense,
         "defense_info": {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in defense.info.items()},
@@ -220,7 +235,13 @@ def run(
         "n": n,
         "n_batches": n_batches,
     }
+    if precision_check is not None:  # part of the run's identity; fp32 runs keep their pre-option hash
+        record["precision_requested"] = precision_check.requested
+        record["precision"] = precision_check.used
     record["run_hash"] = config_hash(record)
+    record["precision"] = precision_check.used if precision_check is not None else "fp32"
+    if precision_check is not None:
+        record["precision_check"] = precision_check.record()
     record["versions"] = library_versions()
     record["git_commit"] = git_commit()
     # the device type and name, not its index: a sharded run's rank 0 (cuda:0) records what one process does
@@ -245,13 +266,15 @@ def run(
         # too, so that its batches, like the others, do not depend on which batches ran before.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(derive_seed(spec.seed, "global", b))
-            rows = _run_batch(spec, b, n, evalset, defense, attacks, device, on_progress)
+            rows = _run_batch(spec, b, n, evalset, defense, attacks, device, on_progress, attack_defense)
         store.write_batch(b, rows)
         computed.append(b)
         if on_progress:
             on_progress("batch", b, len(rows))
     wall = time.perf_counter() - t0
     timing: dict[str, Any] = {"wall_s_this_invocation": round(wall, 3), "resumed": resumed}
+    if precision_check is not None:
+        timing["precision_check_s"] = round(t_check, 3)
     final = batch_filter is None
     if comm is not None:
         mine = {b: store.read_batch(b) for b in range(n_batches) if batch_filter(b) and store.has_batch(b)}
@@ -276,9 +299,35 @@ def run(
     return RunResult(store.dir, record, summary, resumed)
 
 
+def _attack_precision(spec: RunSpec, defense: Any, attacks: list[Any], evalset: Any,
+                      device: torch.device) -> tuple[Any, Any, float]:
+    """(the defense the attacks get, the precision check or None for fp32, its seconds).
+
+    With ``spec.precision`` other than fp32, the check runs on the run's first batch (every rank
+    and every resume computes the same probe) for the gradient modes the attacks use; see
+    :mod:`attacks.precision`. Only attacks get the autocast view: clean and final predictions
+    stay fp32."""
+    from attacks.precision import choose_precision
+
+    if spec.precision == "fp32" or not attacks:
+        return defense, None, 0.0
+    t0 = time.perf_counter()
+    hi = min(len(evalset), spec.batch_size)
+    x, y = evalset.images[:hi].to(device), evalset.labels[:hi].to(device)
+    modes = sorted({str(a.params.get("grad_mode", "exact")) for a in attacks})
+    attack_defense, check = choose_precision(
+        defense, x, y, precision=spec.precision, generator=generator(spec.seed, "precision-probe", 0, device=device),
+        global_seed=derive_seed(spec.seed, "precision-probe-global", 0), grad_modes=modes)
+    return attack_defense, check, time.perf_counter() - t0
+
+
 def _run_batch(spec: RunSpec, b: int, n: int, evalset: Any, defense: Any, attacks: list[Any],
-               device: torch.device, on_progress: Callable[[str, int, int], None] | None) -> list[dict[str, Any]]:
-    """Rows of batch ``b``: a function of (spec, b) only, whichever process computes it."""
+               device: torch.device, on_progress: Callable[[str, int, int], None] | None,
+               attack_defense: Any = None) -> list[dict[str, Any]]:
+    """Rows of batch ``b``: a function of (spec, b) only, whichever process computes it.
+
+    ``attack_defense`` (default ``defense``) is what the attacks differentiate, e.g. the bf16
+    autocast view; every reported prediction uses ``defense`` itself."""
     from attacks import predict
 
     k = spec.eval_repeats
@@ -291,7 +340,8 @@ def _run_batch(spec: RunSpec, b: int, n: int, evalset: Any, defense: Any, attack
     rows = [{"id": evalset.ids[lo + i], "label": int(y[i]), "clean": [int(p) for p in clean[:, i]]} for i in range(hi - lo)]
     for atk in attacks:
         ev = defense.sample_noise(x, generator(spec.seed, "eval-noise", b, atk.name, device=device))
-        x_adv = atk(defense, x, y, generator=generator(spec.seed, "attack", b, atk.name, device=device), eval_noise=ev)
+        x_adv = atk(attack_defense if attack_defense is not None else defense, x, y,
+                    generator=generator(spec.seed, "attack", b, atk.name, device=device), eval_noise=ev)
         if not torch.isfinite(x_adv).all():
             raise BenchError(f"attack {atk.name} produced NaN/inf images on batch {b}; stopping")
         preds = predict(defense, x_adv, noise_policy=atk.noise_policy, repeats=k,

@@ -171,11 +171,10 @@ def reproduce(
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
     from benchmark.build import make_defense, resolve_device
-    from benchmark.config import config_hash
     from benchmark.data import load_eval_set
     from benchmark.protocols import apply_protocol, load_protocol
     from benchmark.results import check_writable
-    from benchmark.runner import SCALES, RunSpec, run, validate_spec
+    from benchmark.runner import SCALES, RunSpec, run, spec_hash, validate_spec
 
     from .published import load_published
 
@@ -217,7 +216,7 @@ def reproduce(
             note(f"skipped {name}: {e}")
             continue
         safe = name.replace(":", "_").replace("/", "_").replace(".py", "")
-        out = out_root / f"{safe}-{spec.dataset}-{spec.threat}-{scale}-{config_hash(spec)[:8]}"
+        out = out_root / f"{safe}-{spec.dataset}-{spec.threat}-{scale}-{spec_hash(spec)[:8]}"
         note(f"running {name} ({len(evalset)} images, attacks {', '.join(spec.attacks or [])}) -> {out}")
         res = run(spec, out=out, device=dev, defense=defense, evalset=evalset, on_progress=on_progress)
         outcomes.append(Outcome(name, dir=res.dir, summary=res.summary))
