@@ -73,16 +73,16 @@ class AToPDefense(Defense):
         return self.transform.purify(x, noise, self.net)
 
 
-def build_net(purifier: str) -> nn.Module:
-    """The shipped architecture of a purifier kind (the training configs' defaults)."""
+def build_net(purifier: str, **arch_kwargs: Any) -> nn.Module:
+    """A purifier network of a kind; ``arch_kwargs`` as recorded in the manifest (default: the configs' defaults)."""
     if purifier == "gan":
         from defenses.gan import InpaintGenerator
 
-        return InpaintGenerator()
+        return InpaintGenerator(**arch_kwargs)
     if purifier == "ae":
         from defenses.ae import MaskedAEPurifier
 
-        return MaskedAEPurifier()
+        return MaskedAEPurifier(**arch_kwargs)
     raise BenchError(f"unknown AToP purifier {purifier!r}; known: gan, ae")
 
 
@@ -96,7 +96,7 @@ def missing_weights_error(weights: str) -> BenchError:
     return BenchError(
         f"no shipped purifier weights {weights!r}; train them with `bench train atop --config {cfg} --device cuda "
         f"--out runs/train/{weights}`{need}, or all AToP purifiers at once with scripts/gpu/atop.sh, "
-        f"then add runs/train/{weights}/weights.safetensors to defenses/weights/manifest.json as {weights!r}"
+        f"then `python scripts/ship_weights.py runs/train/{weights} {weights}`"
     )
 
 
@@ -107,7 +107,10 @@ def load_purifier(weights: str, purifier: str) -> tuple[nn.Module, str | None]:
     entries = manifest()
     if weights not in entries:
         raise missing_weights_error(weights)
-    net = build_net(purifier)
+    entry = entries[weights]
+    if entry.get("arch") not in (None, f"atop_{purifier}"):
+        raise BenchError(f"shipped weights {weights!r} are a {entry.get('arch')!r}, not an atop_{purifier} purifier")
+    net = build_net(purifier, **dict(entry.get("arch_kwargs") or {}))
     state = load_shipped(weights)
     try:
         net.load_state_dict(state)

@@ -495,6 +495,7 @@ def register_shipped(
     metrics: Mapping[str, Any] | None = None,
     weights_dir: Path = WEIGHTS_DIR,
     extra_arch_kwargs: Mapping[str, Any] | None = None,
+    arch: str | None = None,
 ) -> dict[str, Any]:
     """Copy a finished run's weights (cast by :func:`cast_weights`) and its recipe into the shipped
     weights folder and add/replace the manifest entry (file, sha256, arch, dataset, recipe,
@@ -516,7 +517,7 @@ def register_shipped(
         "sha256": digest,
         "bytes": (weights_dir / fname).stat().st_size,
         "dtype": dtype,
-        "arch": model_cfg.get("arch"),
+        "arch": arch or model_cfg.get("arch"),
         "arch_kwargs": {**model_cfg.get("kwargs", {}), **dict(extra_arch_kwargs or {})},
         "dataset": cfg.get("dataset"),
         "num_classes": model_cfg.get("num_classes") or dataset_info(cfg.get("dataset", "cifar10"))["num_classes"],

@@ -5,8 +5,9 @@ It follows DeepFill v2 (Yu et al. 2019) in its parts: gated convolutions
 (``elu(conv_f(x)) * sigmoid(conv_g(x))``), a coarse encoder-decoder with dilated
 convolutions at the bottleneck, a fine stage that refines the coarse result, the mask fed
 as an input channel, and a spectral-norm PatchGAN discriminator trained with the hinge
-loss. It is scaled down for 32x32 CIFAR images and for attacks on a CPU: 428k generator
-parameters and 65M multiply-adds per 32x32 image (``cnum=16``, ``fine_cnum=8``); the fine
+loss. It is scaled down for 32x32 CIFAR images and for attacks on a CPU: 462k generator
+parameters and 83M multiply-adds per 32x32 image (``cnum=16``, ``fine_cnum=8``); each stage
+is a U-Net (skip connections, see ``_Stage``); the fine
 stage has no contextual-attention branch (at the 8x8 bottleneck, dilations 2 and 4 already
 give it an image-wide receptive field).
 
@@ -54,24 +55,30 @@ class GatedUp(nn.Module):
 
 
 class _Stage(nn.Module):
-    """Encoder (x4 down) -> dilated gated convs -> decoder (x4 up) -> 3-channel logits."""
+    """A gated U-Net: encoder (x4 down) -> dilated gated convs -> decoder (x4 up) -> 3-channel logits.
+
+    DeepFill's stages have no skip connections; ours concatenate each encoder level into the
+    decoder (U-Net style) because the purifier must also denoise the *known* pixels, and a
+    bottleneck at 8x8 alone blurs them: at equal CPU time (300 s, L1 only) the skips raised the
+    pre-trained purifier's RT2 clean accuracy from 28% to 51% on 1,000 test images.
+    """
 
     def __init__(self, cin: int, c: int, dilations: tuple[int, ...]) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            GatedConv2d(cin, c, 5),
-            GatedConv2d(c, 2 * c, 3, stride=2),
-            GatedConv2d(2 * c, 2 * c, 3),
-            GatedConv2d(2 * c, 4 * c, 3, stride=2),
-            *[GatedConv2d(4 * c, 4 * c, 3, dilation=d) for d in dilations],
-            GatedUp(4 * c, 2 * c),
-            GatedConv2d(2 * c, 2 * c, 3),
-            GatedUp(2 * c, c),
-        )
+        self.enc0 = GatedConv2d(cin, c, 5)
+        self.enc1 = nn.Sequential(GatedConv2d(c, 2 * c, 3, stride=2), GatedConv2d(2 * c, 2 * c, 3))
+        self.mid = nn.Sequential(GatedConv2d(2 * c, 4 * c, 3, stride=2),
+                                 *[GatedConv2d(4 * c, 4 * c, 3, dilation=d) for d in dilations])
+        self.up1, self.dec1 = GatedUp(4 * c, 2 * c), GatedConv2d(4 * c, 2 * c, 3)
+        self.up0, self.dec0 = GatedUp(2 * c, c), GatedConv2d(2 * c, c, 3)
         self.out = nn.Conv2d(c, 3, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.body(x))
+        a = self.enc0(x)
+        b = self.enc1(a)
+        z = self.dec1(torch.cat([self.up1(self.mid(b)), b], dim=1))
+        z = self.dec0(torch.cat([self.up0(z), a], dim=1))
+        return self.out(z)
 
 
 class InpaintGenerator(nn.Module):

@@ -99,6 +99,16 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"{run} is not a finished run (needs weights.safetensors and recipe.json)")
         recipe = json.loads((run / "recipe.json").read_text())
         metrics = dict(recipe.get("metrics", {}))
+        if recipe.get("kind") == "atop":  # an AToP purifier: weights as trained (save_dtype), arch from its config
+            from benchmark.train.atop import purifier_arch_kwargs
+
+            cfg = recipe["config"]
+            kw = {"weights_dir": Path(a.weights_dir)} if a.weights_dir else {}
+            dtype = cfg.get("save_dtype", "float16") if a.dtype == "auto" else a.dtype
+            entry = register_shipped(a.name, run / "weights.safetensors", recipe, dtype=dtype, metrics=metrics,
+                                     extra_arch_kwargs=purifier_arch_kwargs(cfg), arch=f"atop_{cfg['purifier']}", **kw)
+            print(json.dumps(entry, indent=2))
+            return 0
         dtype = a.dtype
         extra = {"tta_flip": True} if a.tta_flip else {}
         if dtype == "auto" or extra:

@@ -257,6 +257,26 @@ def test_train_pretrain_then_finetune_with_resume(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(A.Trainer, "step", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     A.main(str(ft_cfg), device="cpu", out_dir=str(tmp_path / "ft"), data_root=str(data))
 
+    # shipping: the manifest records the narrow architecture, the registry path rebuilds it
+    import importlib.util
+
+    import defenses.weights as W
+
+    spec = importlib.util.spec_from_file_location("ship_weights", Path(__file__).parents[1] / "scripts" / "ship_weights.py")
+    ship = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(ship)
+    wdir = tmp_path / "weights"
+    assert ship.main([str(out), "atop_gan_rt2", "--weights-dir", str(wdir)]) == 0
+    entry = json.loads((wdir / "manifest.json").read_text())["atop_gan_rt2"]
+    assert entry["arch"] == "atop_gan" and entry["arch_kwargs"] == {"cnum": 8, "fine_cnum": 4}
+    monkeypatch.setattr(W, "WEIGHTS_DIR", wdir)
+    monkeypatch.setattr(W, "MANIFEST", wdir / "manifest.json")
+    d = make_atop("atop_gan", classifier_module=TinyClassifier())
+    assert d.info["weights_sha256"] == entry["sha256"] and d.info["purifier_params"] == sum(v.numel() for v in b.values())
+    x = torch.rand(2, 3, 32, 32)
+    assert d(x, generator=torch.Generator().manual_seed(0)).shape == (2, 10)
+
 
 def test_config_errors(tmp_path: Path) -> None:
     import benchmark.train.atop as A
