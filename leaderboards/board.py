@@ -167,6 +167,11 @@ def entry_from_run(run: StoredRun) -> Entry:
         e.flags.append(f"scale: {e.scale} - not comparable to published")
     if rec.get("stochastic") and attacks and all(a["eot"] <= 1 and a["family"] != "autoattack" for a in attacks):
         e.flags.append("stochastic defense attacked without EOT")
+    used, asked = rec.get("precision", "fp32"), rec.get("precision_requested", "fp32")
+    if used != "fp32" or asked != "fp32":  # accuracies come from fp32 passes; only attack gradients differ
+        cos = (rec.get("precision_check") or {}).get("min_cosine", "?")
+        e.notes.append(f"attack gradients in {used} (min cosine to fp32 {cos} on the first batch)" if used == asked
+                       else f"{asked} requested, gradient check failed (min cosine {cos}): attacked in {used}")
     if rec.get("protocol"):
         e.notes.append(f"protocol {rec['protocol']}")
     if rec.get("subset"):

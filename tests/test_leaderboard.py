@@ -162,6 +162,20 @@ def test_board_separates_scales_and_flags(results):
     assert not any("unfinished" in n for n in notes)
 
 
+@pytest.mark.parametrize("used, asked, expect", [
+    ("bf16", "bf16", "attack gradients in bf16 (min cosine to fp32 0.995"),
+    ("fp32", "bf16", "bf16 requested, gradient check failed (min cosine 0.97): attacked in fp32"),
+])
+def test_board_notes_attack_precision(tmp_path, used, asked, expect):
+    d = fake_run(tmp_path / "r", defense="d", attacks={"pgd": (40, "pgd", PGD(20))})
+    rec = json.loads((d / "record.json").read_text())
+    rec.update(precision=used, precision_requested=asked,
+               precision_check={"min_cosine": 0.995 if used == "bf16" else 0.97})
+    (d / "record.json").write_text(json.dumps(rec))
+    (tab,) = board_frames(tmp_path)[0].values()
+    assert expect in tab.frame[tab.frame["source"] == "ours"].iloc[0]["notes"]
+
+
 def test_leaderboard_cli_formats(results, tmp_path, capsys):
     out = {}
     for fmt in ("md", "csv", "json", "html"):
