@@ -122,6 +122,26 @@ def test_noise_replay_through_pipeline(name: str) -> None:
     assert xx.grad is not None and xx.grad.abs().sum() > 0
 
 
+def test_shipped_purifiers_load_and_replay() -> None:
+    """Every AToP purifier in the manifest loads (sha256-checked, arch from the manifest) into its
+    registered defenses and replays its noise exactly through the real classifier."""
+    from benchmark.registry import load_builtins
+    from defenses.weights import manifest
+
+    load_builtins()
+    shipped = manifest()
+    names = [n for n, v in VARIANTS.items() if v[2] in shipped]
+    if not names:
+        pytest.skip("no AToP purifier weights shipped")
+    x = _x(2)
+    for name in names:
+        d = make_atop(name)
+        assert d.info["weights_sha256"] == shipped[VARIANTS[name][2]]["sha256"]
+        z = d.sample_noise(x, torch.Generator().manual_seed(0))
+        out = d(x, z)
+        assert out.shape == (2, 10) and torch.isfinite(out).all() and torch.equal(out, d(x, z))
+
+
 def test_noise_save_load_replay(tmp_path: Path) -> None:
     d = make_atop("atop_gan_rt3", classifier_module=TinyClassifier(), purifier_module=InpaintGenerator())
     x = _x(3)
