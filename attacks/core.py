@@ -14,6 +14,9 @@ single place that decides what the attacker sees of a defense:
   ``bpda`` uses purify(x) in the forward pass and the identity in the backward pass
   (Athalye et al. 2018), i.e. ``purify(x).detach() + (x - x.detach())``, whose value is exactly
   purify(x) and whose derivative is the identity.
+* the **surrogate** (``surrogate_steps=K``, Lee & Kim 2023): gradients go through the same
+  diffusion purifier run with K strided denoising steps (``defense.surrogate(K)``), with noise
+  derived from the defense's own draw, while every candidate is still judged on the full defense.
 
 All randomness (noise draws, random starts) comes from the ``generator`` argument.
 """
@@ -185,6 +188,10 @@ def validate_params(threat: str, params: Mapping[str, Any], allowed_threats: tup
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise BenchError(f"{key} must be a positive integer, got {v!r}")
+    if p.get("surrogate_steps") is not None:
+        v = p["surrogate_steps"]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise BenchError(f"surrogate_steps must be a positive integer or None, got {v!r}")
     if p.get("eot_chunk") is not None:
         v = p["eot_chunk"]
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -312,6 +319,7 @@ class Objective:
         generator: torch.Generator | None = None,
         eval_noise: Noise | None = None,
         eot_chunk: int | None = None,
+        surrogate_steps: int | None = None,
     ) -> None:
         if grad_mode not in GRAD_MODES:
             raise BenchError(f"unknown grad_mode {grad_mode!r}; known: {', '.join(GRAD_MODES)}")
@@ -331,6 +339,11 @@ class Objective:
         self.deterministic = self.policy.deterministic_for(defense)
         self.draws = self.policy.draws_for(defense)
         self.eot_chunk = eot_chunk
+        self.grad_defense = surrogate_defense(defense, surrogate_steps) if surrogate_steps is not None else None
+        if self.grad_defense is not None:
+            # the attacker's losses come from another chain than the evaluation's: never treat them as
+            # the evaluation's outcome (no early stop, no best-iterate choice on them)
+            self.deterministic = False
 
     # --- plumbing -------------------------------------------------------------------------
     def select(self, index: Tensor) -> "Objective":
@@ -371,6 +384,18 @@ class Objective:
             return d.classifier(purified + (x - x.detach()))  # value: purified, exactly
         return d(x, noise)
 
+    def grad_logits(self, x: Tensor, noise: Noise) -> Tensor:
+        """The logits gradients flow through: the defense's, or its surrogate's on the derived noise."""
+        if self.grad_defense is None:
+            return self.logits(x, noise)
+        sur = self.grad_defense
+        noise = sur.derive_noise(noise)
+        if self.grad_mode == "bpda":
+            with torch.no_grad():
+                purified = sur.purify(x.detach(), noise)
+            return sur.classifier(purified + (x - x.detach()))
+        return sur(x, noise)
+
     # --- what the families call ---------------------------------------------------------
     def loss_grad(self, x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
         """(gradient of the mean loss over draws, misclassification rate, mean margin) at ``x``."""
@@ -386,7 +411,7 @@ class Objective:
                 c = min(chunk, left)
                 xi = x.clone().requires_grad_(True)
                 xr = xi.repeat(c, *([1] * (x.dim() - 1))) if c > 1 else xi
-                logits = self.logits(xr, self.draw_noise(x, c))
+                logits = self.grad_logits(xr, self.draw_noise(x, c))
                 yr = y.repeat(c) if c > 1 else y
                 loss = loss_fn(logits, yr)
                 (g,) = torch.autograd.grad(loss.sum(), xi)
@@ -419,6 +444,21 @@ class Objective:
             mar += margin(lg, yr).view(c, n).sum(0)
             left -= c
         return err / k, mar / k
+
+
+def surrogate_defense(defense: Defense, steps: int) -> Defense:
+    """Lee & Kim's attack-side surrogate of a multi-step diffusion purifier: the same weights with
+    ``steps`` strided denoising steps (at most the defense's own)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise BenchError(f"surrogate_steps must be a positive integer, got {steps!r}")
+    make = getattr(defense, "surrogate", None)
+    own = getattr(getattr(defense, "purifier", None), "steps", None)
+    if make is None or own is None:
+        raise BenchError(f"surrogate_steps needs a multi-step diffusion purifier (diffpure, diffpure_ddim, addt); "
+                         f"{getattr(defense, 'name', type(defense).__name__)!r} has none")
+    if steps > int(own):
+        raise BenchError(f"surrogate_steps={steps} exceeds the defense's {own} denoising steps")
+    return make(steps)
 
 
 class Best:

@@ -56,6 +56,7 @@ def pgd(
     eot_chunk: int | None = None,
     keep_best: bool | None = None,
     skip_fooled: bool = True,
+    surrogate_steps: int | None = None,
 ) -> Tensor:
     """Untargeted PGD; returns x_adv in the eps-ball around ``x`` and in [0, 1].
 
@@ -63,19 +64,20 @@ def pgd(
     clamped at ``-kappa``). ``random_init`` starts from a random point of the ball.
     ``keep_best=None`` keeps the best iterate exactly when the attacker's view is deterministic
     (see the module docstring); ``skip_fooled`` stops attacking misclassified samples, only
-    where that is valid (deterministic view).
+    where that is valid (deterministic view). ``surrogate_steps=K`` takes the gradients through
+    the defense's K-step surrogate (Lee & Kim 2023; diffusion purifiers only), last iterate.
     """
     validate_params(
         threat,
         dict(eps=eps, steps=steps, step_size=step_size, restarts=restarts, noise_policy=noise_policy,
-             grad_mode=grad_mode, loss=loss, kappa=kappa, eot_chunk=eot_chunk),
+             grad_mode=grad_mode, loss=loss, kappa=kappa, eot_chunk=eot_chunk, surrogate_steps=surrogate_steps),
         PGD_THREATS,
     )
     if x.shape[0] != y.shape[0]:
         raise BenchError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
     alpha = float(step_size) if step_size is not None else default_step_size(eps, steps)
     obj = Objective(defense, noise_policy=noise_policy, grad_mode=grad_mode, generator=generator,
-                    eval_noise=eval_noise, eot_chunk=eot_chunk)
+                    eval_noise=eval_noise, eot_chunk=eot_chunk, surrogate_steps=surrogate_steps)
     obj.check_batch(x)
     loss_fn = make_loss(loss, kappa)
     x = x.detach()

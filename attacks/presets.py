@@ -246,6 +246,12 @@ _preset("stadv", "stadv", threat="stadv",
         source="Xiao et al. 2018; settings of Laidlaw et al. 2021 (perceptual_advex StAdvAttack: bound 0.05, "
                "Adam lr 0.01, flow-loss weight 0.0025/bound) adopted by AToP Table 6",
         summary="StAdv flow attack, bound 0.05 (grid units)")
+_preset("pgd_eot_surrogate", "pgd", threat="linf",
+        defaults=dict(eps=EPS, steps=20, step_size={"linf": 2 / 255, "l2": None}, restarts=1, random_init=False,
+                      loss="ce", noise_policy="eot:10", grad_mode="exact", surrogate_steps=10),
+        source="Lee & Kim 2023 (surrogate process: gradients through fewer denoising steps than the defense "
+               "purifies with; exact, checkpointed); PGD-20 + EOT-10 budget of ADDT",
+        summary="PGD-20 + EOT-10, gradients through a 10-step surrogate of the purifier")
 for _name, _policy, _what in (("dwbox_fwd", "fixed:forward+eot:10", "forward"),
                               ("dwbox_rev", "fixed:reverse+eot:10", "reverse"),
                               ("dwbox_both", "fixed:all+eot:10", "all")):

@@ -23,15 +23,18 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False)
 
 
-def _parse_set(values: Sequence[str]) -> dict[str, Any]:
+def _parse_set(values: Sequence[str], flag: str = "--set") -> dict[str, Any]:
     import yaml
 
     out: dict[str, Any] = {}
     for item in values:
-        if "=" not in item:
-            raise BenchError(f"--set expects KEY=VALUE, got {item!r}")
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise BenchError(f"{flag} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise BenchError(f"{flag} {item!r}: the value is not valid YAML") from None
     return out
 
 
@@ -59,7 +62,8 @@ def spec_from_args(args: argparse.Namespace):
                    source=args.source, attacks=attacks, eps=_parse_eps(args.eps), steps=args.steps, eot=args.eot,
                    protocol=args.protocol, scale=scale, eval_repeats=args.eval_repeats, batch_size=args.batch_size,
                    seed=args.seed, checkpoint=args.checkpoint, data_root=args.data_root,
-                   precision=getattr(args, "precision", "fp32"))
+                   precision=getattr(args, "precision", "fp32"),
+                   defense_options=_parse_set(getattr(args, "defense_opt", None) or [], "--defense-opt"))
     if args.protocol:
         from .protocols import apply_protocol
 
@@ -101,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or default_out(spec)
     evalset = load_spec_evalset(spec)
     torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
-    defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint)
+    defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
+                           options=spec.defense_options)
     check_writable(out)  # only now: a bad defense/dataset/option leaves no folder behind
     con = _console()
     rank, world = (comm.rank, comm.world_size) if comm is not None else (0, 1)
@@ -357,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", default=None, help="full | cpu | smoke (default: cpu on a CPU, full on a GPU or with --protocol)")
     r.add_argument("--eval-repeats", type=int, default=1, help="k forward passes on each final example")
     r.add_argument("--checkpoint", default=None, help="local checkpoint for robustbench:<Name> etc.")
+    r.add_argument("--defense-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword of the defense's factory (repeatable), e.g. --defense-opt steps=10 for "
+                        "diffpure's denoising steps; recorded in the run record and its hash")
     r.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--seed", type=int, default=0)

@@ -61,6 +61,7 @@ class RunSpec:
     checkpoint: str | None = None
     data_root: str | None = None
     precision: str = "fp32"  # attack gradients; "bf16" after a gradient check (attacks.precision)
+    defense_options: dict[str, Any] = field(default_factory=dict)  # factory keywords, e.g. {"steps": 10}
 
     def validate(self) -> None:
         if self.threat not in THREAT_DEFAULTS:
@@ -84,11 +85,13 @@ class RunSpec:
 
 
 def spec_hash(spec: RunSpec) -> str:
-    """config_hash of the spec; the default fp32 precision is left out, so specs (and default
-    run folders) from before ``--precision`` existed keep their hash."""
+    """config_hash of the spec; the default fp32 precision and empty defense options are left out,
+    so specs (and default run folders) from before those options existed keep their hash."""
     d = dataclasses.asdict(spec)
     if d.get("precision") == "fp32":
         d.pop("precision")
+    if not d.get("defense_options"):  # likewise for runs without defense options
+        d.pop("defense_options", None)
     return config_hash(d)
 
 
@@ -208,7 +211,8 @@ def run(
     if evalset is None:
         evalset = load_spec_evalset(spec)
     if defense is None:
-        defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint)
+        defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
+                               options=spec.defense_options)
     attacks = build_attacks(spec, defense.stochastic)
     for atk in attacks:
         atk.policy.check(defense)
@@ -217,6 +221,7 @@ def run(
     attack_defense, precision_check, t_check = _attack_precision(spec, defense, attacks, evalset, device)
     record = {
         "defense": spec.defense,
+        **({"defense_options": dict(spec.defense_options)} if spec.defense_options else {}),
         "defense_info": {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in defense.info.items()},
         "noise": defense.describe_noise(),
         "stochastic": bool(defense.stochastic),

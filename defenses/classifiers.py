@@ -496,10 +496,11 @@ def register_shipped(
     weights_dir: Path = WEIGHTS_DIR,
     extra_arch_kwargs: Mapping[str, Any] | None = None,
     arch: str | None = None,
+    extra_entry: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Copy a finished run's weights (cast by :func:`cast_weights`) and its recipe into the shipped
     weights folder and add/replace the manifest entry (file, sha256, arch, dataset, recipe,
-    metrics). Returns the entry."""
+    metrics, plus ``extra_entry``, e.g. a diffusion UNet's config and schedule). Returns the entry."""
     recipe_dict = dict(json.loads(Path(recipe).read_text()) if not isinstance(recipe, Mapping) else recipe)
     cfg = recipe_dict.get("config", {})
     model_cfg = cfg.get("model", {})
@@ -524,6 +525,7 @@ def register_shipped(
         "recipe": recipe_name,
         "config": recipe_dict.get("config_path"),
         "metrics": dict(metrics if metrics is not None else recipe_dict.get("metrics", {})),
+        **dict(extra_entry or {}),
     }
     mpath = weights_dir / MANIFEST.name
     entries = json.loads(mpath.read_text()) if mpath.is_file() else {}

@@ -6,6 +6,8 @@
 copies RUN_DIR/weights.safetensors (as float16 when that changes no prediction, see below)
 and RUN_DIR/recipe.json into defenses/weights/ and adds/replaces the manifest entry NAME
 (file, sha256, arch, dataset, recipe, metrics), after which ``--defense standard`` etc. load it.
+DDPM and ADDT runs (``bench train ddpm|addt``) ship as fp32 EMA weights with their UNet config
+and schedule in the entry (``--defense diffpure`` / ``addt`` load ``ddpm_cifar10`` / ``addt_cifar10``).
 
 ``--dtype auto`` (default) evaluates the fp32 and the fp16-rounded weights on the run's own
 embedded-equivalent subset (decoded from the config's data folders under ``--data-root``)
@@ -99,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"{run} is not a finished run (needs weights.safetensors and recipe.json)")
         recipe = json.loads((run / "recipe.json").read_text())
         metrics = dict(recipe.get("metrics", {}))
+        if recipe.get("kind") in ("ddpm", "addt"):  # a diffusion UNet: fp32 EMA weights, UNet config + schedule
+            kw = {"weights_dir": Path(a.weights_dir)} if a.weights_dir else {}
+            dtype = "float32" if a.dtype == "auto" else a.dtype
+            metrics = {**metrics, **recipe.get("final_metrics", {})}
+            entry = register_shipped(a.name, run / "weights.safetensors", recipe, dtype=dtype, metrics=metrics,
+                                     arch=f"{recipe['kind']}_unet",
+                                     extra_entry={"unet": recipe["unet"], "schedule": recipe["schedule"],
+                                                  "kind": recipe["kind"]}, **kw)
+            print(json.dumps(entry, indent=2))
+            return 0
         if recipe.get("kind") == "atop":  # an AToP purifier: weights as trained (save_dtype), arch from its config
             from benchmark.train.atop import purifier_arch_kwargs
 

@@ -45,6 +45,8 @@ def test_list_commands():
     (["run", "--defense", "rn18_aa_example", "--attacks", "nope"], "unknown attack"),
     (["run", "--defense", "rn18_aa_example", "--device", "tpu"], "unknown device"),
     (["list", "gadgets"], "invalid choice"),
+    (["run", "--defense", "rn18_aa_example", "--defense-opt", "steps"], "--defense-opt expects KEY=VALUE"),
+    (["run", "--defense", "diffpure", "--defense-opt", "stepz=3", "--attacks", "clean"], "unknown option 'stepz'"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(args, pattern):
     assert_one_line_error(bench(*args), pattern)
@@ -81,3 +83,23 @@ def test_checkpoint_errors(tmp_path):
 
 class EvilPayload:
     """Any Python object in a checkpoint forces pickle; the loader must refuse it."""
+
+
+def test_defense_options_reach_the_factory_and_the_record(tmp_path):
+    """--defense-opt steps=2 builds diffpure with 2 denoising steps; the option is in the run record
+    and its hash (another value is another run folder)."""
+    import json
+
+    from defenses.weights import manifest
+
+    if "ddpm_cifar10" not in manifest():
+        pytest.skip("ddpm_cifar10 not shipped")
+    out = tmp_path / "run"
+    r = bench("run", "--defense", "diffpure", "--defense-opt", "steps=2", "--source", "exact20", "--subset", "first:4",
+              "--attacks", "clean", "--quiet", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["defense_options"] == {"steps": 2} and rec["defense_info"]["steps"] == 2
+    r2 = bench("run", "--defense", "diffpure", "--defense-opt", "steps=3", "--source", "exact20", "--subset", "first:4",
+               "--attacks", "clean", "--quiet", "--out", str(out))
+    assert r2.returncode != 0 and "different" in r2.stderr  # a different run is never written into this folder

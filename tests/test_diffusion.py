@@ -169,6 +169,43 @@ def test_surrogate_shares_weights_and_derives_noise():
     assert out.shape == x.shape and sur.purifier.steps == 4
 
 
+def test_surrogate_attack_takes_gradients_through_the_surrogate():
+    """Lee & Kim's attack-side surrogate (surrogate_steps): the attacker's gradient is the K-step
+    surrogate's on the derived noise; with K = the defense's steps it is the defense's own."""
+    from attacks import make_attack
+    from attacks.core import Objective, make_loss
+    from defenses.base import Defense
+
+    d = defense(steps=None, t_star=0.012)  # 12 steps
+    x = torch.rand(2, 3, 16, 16, generator=gen(30))
+    y = torch.tensor([1, 4])
+    noise = d.sample_noise(x, gen(31))
+    ce = make_loss("ce")
+    obj = Objective(d, noise_policy="fixed:all", eval_noise=noise, surrogate_steps=4)
+    g, _, _ = obj.loss_grad(x, y, ce)
+    sur = d.surrogate(4)
+    xi = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(ce(sur(xi, sur.derive_noise(noise)), y).sum(), xi)
+    assert torch.allclose(g, want, atol=1e-6)
+    full = Objective(d, noise_policy="fixed:all", eval_noise=noise)
+    g_full = full.loss_grad(x, y, ce)[0]
+    assert not torch.allclose(g, g_full, atol=1e-6)
+    # the surrogate's losses are never taken for the evaluation's outcome
+    assert full.deterministic and not obj.deterministic
+    same = Objective(d, noise_policy="fixed:all", eval_noise=noise, surrogate_steps=12)
+    assert torch.allclose(same.loss_grad(x, y, ce)[0], g_full, atol=1e-6)
+    atk = make_attack("pgd_eot_surrogate", steps=2, noise_policy="eot:2", surrogate_steps=3)
+    assert atk.params["surrogate_steps"] == 3
+    xa = atk(d, x, y, generator=gen(32))
+    assert xa.shape == x.shape and (xa - x).abs().max() <= 8 / 255 + 1e-6 and not torch.equal(xa, x)
+    with pytest.raises(BenchError, match="exceeds"):
+        make_attack("pgd_eot_surrogate", surrogate_steps=13)(d, x, y, generator=gen(33))
+    with pytest.raises(BenchError, match="diffusion purifier"):
+        make_attack("pgd_eot_surrogate")(Defense(TinyClassifier()).freeze(), x, y, generator=gen(33))
+    with pytest.raises(BenchError, match="surrogate_steps"):
+        make_attack("pgd_eot_surrogate", surrogate_steps=0)
+
+
 # --- RBGM and training steps ------------------------------------------------------------
 def test_rbgm_keeps_an_exact_normal_sample_set_in_delta_order():
     from benchmark.train.addt import rbgm
@@ -306,3 +343,69 @@ def test_diffusers_folder_loads_like_diffusers(tmp_path):
     pur = DiffusionPurifier(model, sched, t_star=0.02, steps=2)
     xi = torch.rand(1, 3, 32, 32)
     assert pur(xi, Noise(1, pur.sample_noise(xi, gen(0)))).shape == xi.shape
+    # and the registered defense purifies with it (weights=<the diffusers folder>)
+    from benchmark.registry import CLASSIFIERS, DEFENSES, load_builtins
+
+    load_builtins()
+    if "_test_tiny_cifar10" not in CLASSIFIERS:
+        CLASSIFIERS.add("_test_tiny_cifar10", lambda *, device="cpu": TinyClassifier().to(device).eval(), dataset="cifar10")
+    d = DEFENSES.create("diffpure", weights=str(tmp_path), classifier="_test_tiny_cifar10", t_star=0.02, steps=2)
+    assert d.info["weights"]["format"] == "diffusers"
+    z = d.sample_noise(xi, gen(1))
+    assert torch.equal(d(xi, z), d(xi, z))
+
+
+def test_shipped_diffusion_weights_load_and_replay():
+    """The shipped DDPM and ADDT UNets load (sha256-checked) into their registered defenses on the
+    shipped classifier, differ from each other, and replay their noise exactly."""
+    from benchmark.registry import DEFENSES, load_builtins
+    from defenses.weights import manifest
+
+    load_builtins()
+    shipped = manifest()
+    names = [(d, w) for d, w in (("diffpure", "ddpm_cifar10"), ("addt", "addt_cifar10")) if w in shipped]
+    if not names:
+        pytest.skip("no diffusion weights shipped")
+    x = torch.rand(2, 3, 32, 32, generator=gen(40))
+    outs = {}
+    for name, w in names:
+        d = DEFENSES.create(name, steps=2)
+        assert d.info["weights"]["sha256"] == shipped[w]["sha256"] and d.purifier.ts == [99, 49]
+        z = d.sample_noise(x, gen(41))
+        outs[name] = d.purify(x, z)
+        assert torch.isfinite(outs[name]).all() and torch.equal(outs[name], d.purify(x, z))
+        assert d(x, z).shape == (2, 10)
+    if len(outs) == 2:
+        assert not torch.equal(outs["diffpure"], outs["addt"])
+
+
+def test_ship_a_ddpm_run_and_load_it_by_name(tmp_path, monkeypatch):
+    """scripts/ship_weights.py ships a `bench train ddpm` run (UNet config + schedule in the
+    manifest entry) and the diffpure defense loads it by name."""
+    import importlib.util
+
+    import defenses.weights as W
+    from benchmark.train import ddpm
+
+    _image_folder(tmp_path / "data")
+    run = ddpm.main("configs/train/ddpm_cifar10.yaml", device="cpu", out_dir=str(tmp_path / "run"),
+                    data_root=str(tmp_path / "data"), overrides={**SMOKE, "epochs": 1})
+    spec = importlib.util.spec_from_file_location("ship_weights", "scripts/ship_weights.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    wdir = tmp_path / "weights"
+    assert ship.main([str(run), "ddpm_test_tiny", "--weights-dir", str(wdir)]) == 0
+    entry = json.loads((wdir / "manifest.json").read_text())["ddpm_test_tiny"]
+    assert entry["kind"] == "ddpm" and entry["unet"]["ch"] == 8 and entry["schedule"]["T"] == 1000
+    assert entry["dtype"] == "float32" and "psnr_purified_vs_clean_db" in entry["metrics"]
+    monkeypatch.setattr(W, "WEIGHTS_DIR", wdir)
+    monkeypatch.setattr(W, "MANIFEST", wdir / "manifest.json")
+    unet, sched, info = load_unet("ddpm_test_tiny")
+    assert info["sha256"] == entry["sha256"] and isinstance(unet, UNet) and sched == Schedule()
+    from safetensors.torch import load_file
+
+    trained = load_file(str(run / "weights.safetensors"))
+    assert all(torch.equal(unet.state_dict()[k], trained[k]) for k in trained)
+    (wdir / entry["file"]).write_bytes(b"corrupt")
+    with pytest.raises(BenchError, match="sha256"):
+        load_unet("ddpm_test_tiny")
