@@ -151,9 +151,13 @@ def entry_from_run(run: StoredRun) -> Entry:
 
         eps = THREAT_DEFAULTS[threat]["eps"]
     info = rec.get("defense_info") or {}
+    opts = rec.get("defense_options") or {}
+    defense = str(rec.get("defense", "?"))
+    if opts:  # another configuration of the defense is another row: name it (e.g. diffpure[steps=10])
+        defense += "[" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "]"
     e = Entry(
         source="ours", dataset=rec.get("dataset", "?"), threat=threat, eps=eps, scale=str(rec.get("scale", "full")),
-        defense=str(rec.get("defense", "?")), classifier=str(info.get("classifier") or "-"),
+        defense=defense, classifier=str(info.get("classifier") or "-"),
         citation=str(run.dir), n=summ.get("n"),
         clean=pct(clean["accuracy"]) if clean else None,
         clean_ci=(pct(clean["ci95"][0]), pct(clean["ci95"][1])) if clean else None,

@@ -371,3 +371,63 @@ def test_html_sort_script_is_valid_javascript(tmp_path):
     js = tmp_path / "sort.js"
     js.write_text(render_html([], []).split("<script>")[1].split("</script>")[0])
     assert subprocess.run([node, "--check", str(js)], capture_output=True, timeout=60).returncode == 0
+
+
+def _chromium() -> str | None:
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    for p in ("/usr/lib/chromium-headless-shell/chromium-headless-shell", "/usr/lib/chromium/chromium"):
+        if Path(p).is_file():
+            return p
+    return None
+
+
+def test_html_board_renders_and_sorts_in_headless_chromium(tmp_path):
+    """The static page in a real browser: a screenshot with content, and a click on the
+    'worst case' header sorts the rows by that column (numbers ascending, blanks last)."""
+    import subprocess
+
+    from PIL import Image
+
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium installed (Debian: apt-get install chromium-headless-shell)")
+    tables, notes = build_board("cifar10", "linf", "/nonexistent/runs")
+    html = render(tables, notes, "html")
+    page = tmp_path / "board.html"
+    page.write_text(html)
+    base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    png = tmp_path / "board.png"
+    r = subprocess.run([*base, f"--screenshot={png}", "--window-size=1400,900", page.as_uri()],
+                       capture_output=True, text=True, timeout=180)
+    assert png.is_file(), r.stderr[-2000:]
+    im = Image.open(png).convert("L")
+    assert im.size == (1400, 900) and sum(1 for c in im.histogram() if c) > 16  # text, not a blank page
+    probe = html.replace("</body>", """<script>
+var t = document.querySelector("table.sortable"), col = -1;
+t.querySelectorAll("th").forEach(function (th, i) { if (th.textContent.trim() === "worst case") { col = i; } });
+t.querySelectorAll("th")[col].click();
+document.title = "SORTED:" + JSON.stringify(Array.prototype.map.call(t.tBodies[0].rows, function (r) {
+  return r.cells[col].getAttribute("data-sort"); }));
+</script></body>""")
+    (tmp_path / "probe.html").write_text(probe)
+    r = subprocess.run([*base, "--dump-dom", (tmp_path / "probe.html").as_uri()], capture_output=True, text=True, timeout=180)
+    title = r.stdout.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert title.startswith("SORTED:"), r.stdout[:500]
+    keys = json.loads(title[len("SORTED:"):].replace("&quot;", '"'))
+    nums = [float(k) for k in keys if k not in (None, "")]
+    assert len(nums) >= 2 and nums == sorted(nums)
+    assert all(k in (None, "") for k in keys[len(nums):])  # blanks sort last
+
+
+def test_board_names_runs_with_defense_options(tmp_path):
+    """Two configurations of one defense (bench run --defense-opt) are two rows, each named by its options."""
+    for i, steps in enumerate((10, 100)):
+        d = fake_run(tmp_path / f"r{i}", defense="diffpure", stochastic=True, attacks={"pgd_eot": (40 + i, "pgd", PGD(20, 10))})
+        rec = json.loads((d / "record.json").read_text())
+        rec["defense_options"] = {"steps": steps}
+        (d / "record.json").write_text(json.dumps(rec))
+    (tab,) = board_frames(tmp_path)[0].values()
+    ours = set(tab.frame[tab.frame["source"] == "ours"]["defense"])
+    assert ours == {"diffpure[steps=10]", "diffpure[steps=100]"}
