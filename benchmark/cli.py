@@ -276,7 +276,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     con = _console()
     if args.kind == "grid":
         out = args.out or f"{args.results}/plots/grid-{args.defense.replace('/', '_').replace(':', '_')}-{args.dataset}.png"
-        res = image_grid(args.defense, out, dataset=args.dataset, subset=args.subset, attack=args.attack,
+        res = image_grid(args.defense, out, defense_options=_parse_set(args.defense_opt, "--defense-opt"), dataset=args.dataset, subset=args.subset, attack=args.attack,
                          threat=args.threat, eps=_parse_eps(args.eps), steps=args.steps, seed=args.seed,
                          device=args.device, data_root=args.data_root)
         con.print(f"wrote {res.path}: {len(res.labels)} image(s) x {len(res.columns)} column(s) "
@@ -451,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=cmd_plot)
     g = plk.add_parser("grid", help="clean / transformed / purified / adversarial / purified-adversarial images")
     g.add_argument("--defense", required=True)
+    g.add_argument("--defense-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword of the defense's factory (repeatable), as for bench run")
     g.add_argument("--dataset", default="cifar10")
     g.add_argument("--subset", default="first:6", help="the images, one row each (at most 16)")
     g.add_argument("--attack", default=None, help="attack preset (default pgd, or pgd_eot if the defense is stochastic)")

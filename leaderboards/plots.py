@@ -462,6 +462,7 @@ def image_grid(
     defense: str | Any,
     out: str | Path,
     *,
+    defense_options: dict[str, Any] | None = None,
     dataset: str = "cifar10",
     subset: str = "first:6",
     attack: str | None = None,
@@ -491,7 +492,8 @@ def image_grid(
         evalset = load_eval_set(dataset, subset, root=data_root)
     if len(evalset) > 16:
         raise BenchError(f"an image grid shows at most 16 images; subset {subset} has {len(evalset)}")
-    d = make_defense(defense, dataset=dataset, device=dev) if isinstance(defense, str) else defense
+    d = (make_defense(defense, dataset=dataset, device=dev, options=defense_options) if isinstance(defense, str)
+         else defense)
     if threat not in THREAT_DEFAULTS:
         raise BenchError(f"unknown threat {threat!r}; choose from {', '.join(THREAT_DEFAULTS)}")
     attack = attack or ("pgd_eot" if d.stochastic else "pgd")
