@@ -398,6 +398,7 @@ def test_ship_a_ddpm_run_and_load_it_by_name(tmp_path, monkeypatch):
     entry = json.loads((wdir / "manifest.json").read_text())["ddpm_test_tiny"]
     assert entry["kind"] == "ddpm" and entry["unet"]["ch"] == 8 and entry["schedule"]["T"] == 1000
     assert entry["dtype"] == "float32" and "psnr_purified_vs_clean_db" in entry["metrics"]
+    assert entry["config"] == "configs/train/ddpm_cifar10.yaml"  # the recipe names its config
     monkeypatch.setattr(W, "WEIGHTS_DIR", wdir)
     monkeypatch.setattr(W, "MANIFEST", wdir / "manifest.json")
     unet, sched, info = load_unet("ddpm_test_tiny")

@@ -231,7 +231,7 @@ def main(
         return addt_loss(model, classifier, x0, train_y[idx], t, alpha_bar, cfg, gen, use_amp)
 
     stopped = run_loop(cfg, model, ema, opt, state, perm_gen, n, bs, loss_fn, save_ckpt, log, dev)
-    extra = {"init": init_source, "method": {
+    extra = {"config_path": str(config_path), "init": init_source, "method": {
         "source": "Liu et al., NeurIPS 2024 submission 1523 (ADDT, RBGM); recipe per the purifybench issue",
         "r": f"clamp({cfg.r_scale} * sqrt(abar_t) / sqrt(1 - abar_t), 0, {cfg.r_max})",
         "perturbation": f"{cfg.cgpo_iters} sign-gradient steps of size {cfg.delta_step} on the classifier CE through the "

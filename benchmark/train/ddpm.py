@@ -433,7 +433,7 @@ def main(
     stopped_by_deadline = run_loop(cfg, model, ema, opt, state, perm_gen, n, bs, loss_fn, save_ckpt, log, dev)
 
     return finish(cfg, out, ema, cfg.unet, schedule, test_x, test_y, dev, state, n_params, root, stopped_by_deadline,
-                  log, kind="ddpm", extra={})
+                  log, kind="ddpm", extra={"config_path": str(config_path)})
 
 
 def finish(
