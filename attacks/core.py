@@ -578,8 +578,9 @@ def predict(
     repeats: int = 1,
     generator: torch.Generator | None = None,
     fixed_noise: Noise | None = None,
+    on_logits: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
-    """Predicted labels, shape (repeats, N).
+    """Predicted labels, shape (repeats, N); ``on_logits`` sees every logits tensor (the runner's NaN check).
 
     ``fresh``/``eot``: every repeat draws new noise. A policy with fixed parts uses
     ``fixed_noise`` (the evaluation noise the attacker was given): repeat 0 uses it entirely;
@@ -600,13 +601,18 @@ def predict(
         fixed_noise = fixed_noise.to(x.device)
     if not defense.stochastic or (names and set(names) >= set(defense.noise_names)):
         noise = fixed_noise if names else defense.sample_noise(x, generator)
-        pred = defense(x, noise).argmax(1)
-        return pred.unsqueeze(0).repeat(repeats, 1)
+        logits = defense(x, noise)
+        if on_logits is not None:
+            on_logits(logits)
+        return logits.argmax(1).unsqueeze(0).repeat(repeats, 1)
     rows = []
     for r in range(repeats):
         if names:
             noise = fixed_noise if r == 0 else defense.sample_noise(x, generator).fix(fixed_noise, names)
         else:
             noise = defense.sample_noise(x, generator)
-        rows.append(defense(x, noise).argmax(1))
+        logits = defense(x, noise)
+        if on_logits is not None:
+            on_logits(logits)
+        rows.append(logits.argmax(1))
     return torch.stack(rows)

@@ -63,6 +63,9 @@ def spec_from_args(args: argparse.Namespace):
                    protocol=args.protocol, scale=scale, eval_repeats=args.eval_repeats, batch_size=args.batch_size,
                    seed=args.seed, checkpoint=args.checkpoint, data_root=args.data_root,
                    precision=getattr(args, "precision", "fp32"),
+                   attack_all=bool(getattr(args, "attack_all", False)),
+                   memory_format=getattr(args, "memory_format", "auto"),
+                   compile=bool(getattr(args, "compile", False)),
                    defense_options=_parse_set(getattr(args, "defense_opt", None) or [], "--defense-opt"))
     if args.protocol:
         from .protocols import apply_protocol
@@ -371,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", default="fp32", help="fp32 | bf16: attack forward/backward under bf16 autocast if "
                    "its input gradients match fp32 on the first batch (cosine >= 0.99), else fp32; reported "
                    "accuracies always come from fp32 forward passes")
+    r.add_argument("--attack-all", action="store_true", help="also attack the clean-misclassified images (by default "
+                   "they are skipped, as AutoAttack does: they count as not robust either way, so no number changes)")
+    r.add_argument("--memory-format", default="auto", choices=("auto", "contiguous", "channels_last"),
+                   help="weight layout (auto: channels_last on CPU after a logit check on the first batch, "
+                        "contiguous on CUDA); recorded in the run record and hash")
+    r.add_argument("--compile", action="store_true", help="torch.compile the classifier (no gain measured on CPU; "
+                   "see benchmarks/README.md)")
     r.add_argument("--out", default=None, help="run directory (default runs/<defense>-<dataset>-<threat>-<scale>-<hash>)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--distributed", action="store_true", help="require a torchrun launch and shard the batches "

@@ -62,6 +62,9 @@ class RunSpec:
     data_root: str | None = None
     precision: str = "fp32"  # attack gradients; "bf16" after a gradient check (attacks.precision)
     defense_options: dict[str, Any] = field(default_factory=dict)  # factory keywords, e.g. {"steps": 10}
+    attack_all: bool = False  # also attack clean-misclassified images (they count as not robust either way)
+    memory_format: str = "auto"  # benchmark.speed: channels_last on CPU after a logit probe
+    compile: bool = False  # torch.compile the classifier (opt-in; benchmark.speed)
 
     def validate(self) -> None:
         if self.threat not in THREAT_DEFAULTS:
@@ -82,16 +85,25 @@ class RunSpec:
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        from .speed import MEMORY_FORMATS
+
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"unknown memory format {self.memory_format!r}; choose from {', '.join(MEMORY_FORMATS)}")
+
+
+# options added after the first runs: at these defaults they are left out of the spec hash, so
+# specs (and default run folders) from before they existed keep their hash. (attack_all,
+# memory_format and compile are always hashed: runs from before them record other work and cannot
+# resume, so their default folders must not be reused.)
+_HASH_DEFAULTS: dict[str, Any] = {"precision": "fp32", "defense_options": {}}
 
 
 def spec_hash(spec: RunSpec) -> str:
-    """config_hash of the spec; the default fp32 precision and empty defense options are left out,
-    so specs (and default run folders) from before those options existed keep their hash."""
+    """config_hash of the spec, without the options in ``_HASH_DEFAULTS`` at their defaults."""
     d = dataclasses.asdict(spec)
-    if d.get("precision") == "fp32":
-        d.pop("precision")
-    if not d.get("defense_options"):  # likewise for runs without defense options
-        d.pop("defense_options", None)
+    for k, v in _HASH_DEFAULTS.items():
+        if k in d and d[k] == v:
+            d.pop(k)
     return config_hash(d)
 
 
@@ -218,6 +230,7 @@ def run(
         atk.policy.check(defense)
     n = len(evalset)
     n_batches = (n + spec.batch_size - 1) // spec.batch_size
+    speed = _apply_speed(spec, defense, evalset, device)
     attack_defense, precision_check, t_check = _attack_precision(spec, defense, attacks, evalset, device)
     record = {
         "defense": spec.defense,
@@ -239,6 +252,9 @@ def run(
         "seed": spec.seed,
         "n": n,
         "n_batches": n_batches,
+        # which images are attacked; the layout and compilation change numbers at rounding level
+        "attack_scope": "all" if spec.attack_all else "clean-correct",
+        **speed.record(),
     }
     if precision_check is not None:  # part of the run's identity; fp32 runs keep their pre-option hash
         record["precision_requested"] = precision_check.requested
@@ -304,6 +320,22 @@ def run(
     return RunResult(store.dir, record, summary, resumed)
 
 
+def _apply_speed(spec: RunSpec, defense: Any, evalset: Any, device: torch.device) -> Any:
+    """Memory format (after its probe on the first batch) and optional compilation; the same
+    decision on every rank and every resume (see :mod:`benchmark.speed`)."""
+    from .speed import choose_memory_format, compile_classifier
+
+    hi = min(len(evalset), spec.batch_size)
+    x = evalset.images[:hi].to(device)
+    choice = choose_memory_format(defense, x, requested=spec.memory_format,
+                                  seed=derive_seed(spec.seed, "layout-probe-global", 0),
+                                  generator=generator(spec.seed, "layout-probe", 0, device=device))
+    if spec.compile:
+        compile_classifier(defense)
+        choice.compiled = True
+    return choice
+
+
 def _attack_precision(spec: RunSpec, defense: Any, attacks: list[Any], evalset: Any,
                       device: torch.device) -> tuple[Any, Any, float]:
     """(the defense the attacks get, the precision check or None for fp32, its seconds).
@@ -339,21 +371,42 @@ def _run_batch(spec: RunSpec, b: int, n: int, evalset: Any, defense: Any, attack
     lo, hi = b * spec.batch_size, min(n, (b + 1) * spec.batch_size)
     x = evalset.images[lo:hi].to(device)
     y = evalset.labels[lo:hi].to(device)
-    with torch.no_grad():
-        check_logits(defense(x, generator=generator(spec.seed, "check", b, device=device)), b)
-    clean = predict(defense, x, noise_policy="fresh", repeats=k, generator=generator(spec.seed, "clean", b, device=device))
+
+    def check(logits: torch.Tensor) -> None:
+        check_logits(logits, b)
+
+    # every prediction pass checks its logits (no separate check pass)
+    clean = predict(defense, x, noise_policy="fresh", repeats=k, generator=generator(spec.seed, "clean", b, device=device),
+                    on_logits=check)
     rows = [{"id": evalset.ids[lo + i], "label": int(y[i]), "clean": [int(p) for p in clean[:, i]]} for i in range(hi - lo)]
+    # Attack only what the clean predictions (reused, not recomputed) get right, as AutoAttack does:
+    # a clean-misclassified image is not robust whatever the attack does (see summarize).
+    if spec.attack_all:
+        idx = torch.arange(hi - lo, device=device)
+    else:
+        idx = ((clean == y.unsqueeze(0)).sum(0) * 2 > k).nonzero().flatten()
+    attacked = set(idx.tolist())
     for atk in attacks:
-        ev = defense.sample_noise(x, generator(spec.seed, "eval-noise", b, atk.name, device=device))
-        x_adv = atk(attack_defense if attack_defense is not None else defense, x, y,
-                    generator=generator(spec.seed, "attack", b, atk.name, device=device), eval_noise=ev)
-        if not torch.isfinite(x_adv).all():
-            raise BenchError(f"attack {atk.name} produced NaN/inf images on batch {b}; stopping")
-        preds = predict(defense, x_adv, noise_policy=atk.noise_policy, repeats=k,
-                        generator=generator(spec.seed, "predict", b, atk.name, device=device), fixed_noise=ev)
+        ev = defense.sample_noise(x, generator(spec.seed, "eval-noise", b, atk.name, device=device))  # whole batch: same draws per image
+        preds_of: dict[int, list[int]] = {}
+        x_adv = x.clone()
+        if idx.numel():
+            evi = ev.select(idx) if idx.numel() < x.shape[0] else ev
+            xs = atk(attack_defense if attack_defense is not None else defense, x[idx], y[idx],
+                     generator=generator(spec.seed, "attack", b, atk.name, device=device), eval_noise=evi)
+            if not torch.isfinite(xs).all():
+                raise BenchError(f"attack {atk.name} produced NaN/inf images on batch {b}; stopping")
+            x_adv[idx] = xs
+            preds = predict(defense, xs, noise_policy=atk.noise_policy, repeats=k,
+                            generator=generator(spec.seed, "predict", b, atk.name, device=device), fixed_noise=evi,
+                            on_logits=check)
+            preds_of = {int(j): [int(p) for p in preds[:, c]] for c, j in enumerate(idx.tolist())}
         norms = _norm(x_adv - x, spec.threat)
         for i, row in enumerate(rows):
-            row[atk.name] = {"preds": [int(p) for p in preds[:, i]], "norm": norms[i]}
+            if i in attacked:
+                row[atk.name] = {"preds": preds_of[i], "norm": norms[i]}
+            else:
+                row[atk.name] = {"preds": [], "norm": norms[i], "skipped": "clean-misclassified"}
         if on_progress:
             on_progress(atk.name, b, hi - lo)
     return rows
@@ -379,15 +432,24 @@ def summarize(rows: list[dict[str, Any]], record: dict[str, Any]) -> dict[str, A
                 "worst_of_k_correct": w, "worst_of_k_accuracy": w / n if n else 0.0, "worst_of_k_ci95": [wlo, whi]}
 
     out: dict[str, Any] = {"n": n, "eval_repeats": record["eval_repeats"], "scale": record["scale"], "attacks": {}}
-    out["attacks"]["clean"] = entry([_majority(r["clean"], r["label"]) for r in rows],
-                                    [all(p == r["label"] for p in r["clean"]) for r in rows])
+    clean_major = [_majority(r["clean"], r["label"]) for r in rows]
+    clean_worst = [all(p == r["label"] for p in r["clean"]) for r in rows]
+    out["attacks"]["clean"] = entry(clean_major, clean_worst)
+
+    def survives(r: dict[str, Any], a: str) -> tuple[bool, bool]:
+        preds = r[a]["preds"]  # empty when the image was not attacked (clean-misclassified)
+        return bool(preds) and _majority(preds, r["label"]), bool(preds) and all(p == r["label"] for p in preds)
+
+    # robust accuracy as in RobustBench/AutoAttack: correct on clean input AND on the adversarial one,
+    # so skipping clean-misclassified images changes no number
+    flags = {a: [survives(r, a) for r in rows] for a in names}
     for a in names:
-        out["attacks"][a] = entry([_majority(r[a]["preds"], r["label"]) for r in rows],
-                                  [all(p == r["label"] for p in r[a]["preds"]) for r in rows])
+        out["attacks"][a] = entry([c and f[0] for c, f in zip(clean_major, flags[a])],
+                                  [c and f[1] for c, f in zip(clean_worst, flags[a])])
     if names:
         # a sample is robust only if it is correct on clean input and survives every attack
-        major = [_majority(r["clean"], r["label"]) and all(_majority(r[a]["preds"], r["label"]) for a in names) for r in rows]
-        worst = [all(p == r["label"] for p in r["clean"]) and all(all(p == r["label"] for p in r[a]["preds"]) for a in names) for r in rows]
+        major = [clean_major[i] and all(flags[a][i][0] for a in names) for i in range(n)]
+        worst = [clean_worst[i] and all(flags[a][i][1] for a in names) for i in range(n)]
         out["worst_case"] = entry(major, worst)
     out["stochasticity_gap"] = stochasticity_gaps(record, out)
     return out
