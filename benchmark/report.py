@@ -28,8 +28,10 @@ def summary_table(record: dict[str, Any], summary: dict[str, Any]):
     k = record.get("eval_repeats", 1)
     title = (f"{record['defense']} | {record['dataset']} {record['source']} {record['subset']} | threat {record['threat']}"
              f" | scale {record['scale']}" + (f" | protocol {record['protocol']}" if record.get("protocol") else ""))
-    t = Table(title=title, caption=f"95% CI: Clopper-Pearson; robust = majority of {k} final forward pass(es)"
-              + ("; worst-of-k: correct on all k" if k > 1 else "") + "; worst case: correct clean and under every attack")
+    scope = "; clean-misclassified images are not attacked" if record.get("attack_scope") == "clean-correct" else ""
+    t = Table(title=title, caption=f"95% CI: Clopper-Pearson; robust = correct clean and majority of {k} final forward "
+              "pass(es) on the attack's image" + ("; worst-of-k: correct on all k" if k > 1 else "")
+              + "; worst case: correct clean and under every attack" + scope)
     cols = ["attack", "budget", "n", "correct", "accuracy", "95% CI"]
     if k > 1:
         cols += ["worst-of-k", "95% CI (worst)"]

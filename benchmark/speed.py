@@ -1,8 +1,8 @@
 """Cost savers a run applies to its defense, each checked before it is trusted.
 
 * **Memory format.** On this 2-core CPU, channels-last weights made an exact input gradient
-  1.07-1.32x faster (``benchmarks/cost_savers.py``: the airbench classifier 1.32x, pyautoattack's
-  ResNet-18 1.23x, the AToP GAN purifier 1.18x, 2-step DiffPure 1.07x). The math is the same up
+  1.11-1.33x faster (``benchmarks/layout.py``, 16 images, 2026-12-01: the airbench classifier 1.22x,
+  pyautoattack's ResNet-18 1.11x, the AToP GAN defense 1.33x, 2-step DiffPure 1.33x). The math is the same up
   to float rounding, but a module with a ``.view`` on a non-contiguous activation fails and a
   plugin may do anything, so ``auto`` converts only after a probe: the logits of the first batch
   must match the contiguous ones (max abs difference <= ``1e-3 * max(1, max |logit|)``), else the

@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--attacks", default="pgd", help="comma-separated presets (default pgd)")
     p.add_argument("--scale", default="cpu", help="run scale (default cpu: PGD-10, EOT-4...)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--eval-repeats", type=int, default=1,
+                   help="final forward passes per image (stochastic defenses: more makes the variants' accuracies comparable)")
     p.add_argument("--compile", action="store_true", help="add the torch.compile variant")
     p.add_argument("--bf16", action="store_true", help="add the bf16-precision variant")
     args = p.parse_args()
@@ -50,7 +52,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     base = RunSpec(defense=args.defense, attacks=[a for a in args.attacks.split(",") if a], subset=f"first:{args.n}",
-                   scale=args.scale, batch_size=args.batch_size)
+                   scale=args.scale, batch_size=args.batch_size, eval_repeats=args.eval_repeats)
     evalset = load_spec_evalset(base)
     variants = {"none": dict(attack_all=True, memory_format="contiguous"),
                 "scope": dict(memory_format="contiguous"),
@@ -75,6 +77,7 @@ def main() -> None:
 
     contenders = {k: contender(k) for k in variants}
     print(f"cost savers: defense={args.defense} attacks={args.attacks} n={args.n} scale={args.scale} "
+          f"eval_repeats={args.eval_repeats} "
           f"device={args.device} repeats={args.repeats} threads={torch.get_num_threads()}")
     for k, f in contenders.items():  # warm-up (compilation happens here)
         t0 = time.perf_counter()

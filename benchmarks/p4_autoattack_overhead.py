@@ -27,6 +27,8 @@ from _common import parser, race, report, setup  # noqa: E402
 def main() -> None:
     p = parser(__doc__.split("\n")[0], n=32, repeats=3)
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--square-queries", type=int, default=5000,
+                   help="Square's query budget for both alike (5000 in AutoAttack; it dominates on CPU)")
     args = p.parse_args()
     from pyautoattack import AutoAttack
 
@@ -36,7 +38,7 @@ def main() -> None:
     defense, x, y = setup(args)
     if defense.stochastic:
         raise SystemExit(f"{args.defense} is stochastic; this comparison needs a deterministic defense")
-    attack = make_attack("autoattack_standard", "linf", steps=args.steps)
+    attack = make_attack("autoattack_standard", "linf", steps=args.steps, square_queries=args.square_queries)
     out: dict[str, torch.Tensor] = {}
 
     def ours():
@@ -49,10 +51,12 @@ def main() -> None:
             for apgd in (aa.apgd, aa.apgd_targeted):
                 _set_apgd_iterations(apgd, args.steps)
             aa.fab.n_iter = args.steps
+        aa.square.n_queries = args.square_queries
         res = aa.run_standard_evaluation(x.contiguous(), y, batch_size=args.n)
         out["bare"] = res[0] if isinstance(res, tuple) else res  # pyautoattack 0.2 returns (x_adv, ...)
 
     print(f"P4 AutoAttack overhead: defense={args.defense} device={args.device} n={args.n} steps={args.steps} "
+          f"square_queries={args.square_queries} "
           f"repeats={args.repeats} threads={torch.get_num_threads()}")
     ours(), bare()  # warm-up (and the outputs to compare)
     with torch.no_grad():
