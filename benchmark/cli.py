@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--memory-format", default="auto", choices=("auto", "contiguous", "channels_last"),
                    help="weight layout (auto: channels_last on CPU after a logit check on the first batch, "
                         "contiguous on CUDA); recorded in the run record and hash")
-    r.add_argument("--compile", action="store_true", help="torch.compile the classifier (no gain measured on CPU; "
+    r.add_argument("--compile", action="store_true", help="torch.compile the classifier (no gain over channels-last measured on CPU; "
                    "see benchmarks/README.md)")
     r.add_argument("--out", default=None, help="run directory (default runs/<defense>-<dataset>-<threat>-<scale>-<hash>)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")

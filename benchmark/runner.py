@@ -25,6 +25,7 @@ from .seeds import derive_seed, generator
 
 if TYPE_CHECKING:
     from .distributed import Comm
+    from .speed import SpeedChoice
 
 # The default battery per threat: (attack preset for deterministic defenses, for stochastic ones).
 THREAT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -216,7 +217,8 @@ def run(
 
     ``comm`` (a :class:`benchmark.distributed.Comm`) shards the batches over a process group:
     each rank computes the batches it owns, and rank 0 merges every rank's rows into the same
-    samples and summary a single process writes (see ``benchmark.distributed``)."""
+    samples and summary a single process writes (see ``benchmark.distributed``). A ``defense``
+    passed in gets the run's memory format (and ``compile``) in place."""
     from .build import make_defense
 
     validate_spec(spec)
@@ -320,9 +322,9 @@ def run(
     return RunResult(store.dir, record, summary, resumed)
 
 
-def _apply_speed(spec: RunSpec, defense: Any, evalset: Any, device: torch.device) -> Any:
-    """Memory format (after its probe on the first batch) and optional compilation; the same
-    decision on every rank and every resume (see :mod:`benchmark.speed`)."""
+def _apply_speed(spec: RunSpec, defense: Any, evalset: Any, device: torch.device) -> "SpeedChoice":
+    """Memory format (after its probe on the first batch) and optional compilation, applied to
+    ``defense`` in place; the same decision on every rank and every resume (see :mod:`benchmark.speed`)."""
     from .speed import choose_memory_format, compile_classifier
 
     hi = min(len(evalset), spec.batch_size)

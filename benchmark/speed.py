@@ -1,16 +1,16 @@
 """Cost savers a run applies to its defense, each checked before it is trusted.
 
 * **Memory format.** On this 2-core CPU, channels-last weights made an exact input gradient
-  1.11-1.33x faster (``benchmarks/layout.py``, 16 images, 2026-12-01: the airbench classifier 1.22x,
-  pyautoattack's ResNet-18 1.11x, the AToP GAN defense 1.33x, 2-step DiffPure 1.33x). The math is the same up
-  to float rounding, but a module with a ``.view`` on a non-contiguous activation fails and a
+  1.11-1.33x faster (``benchmarks/layout.py``, 16 images, 2026-12-01: the airbench classifier
+  1.22x, pyautoattack's ResNet-18 1.11x, the AToP GAN defense 1.33x, 2-step DiffPure 1.33x). The
+  math is the same up to float rounding, but a module with a ``.view`` on a non-contiguous activation fails and a
   plugin may do anything, so ``auto`` converts only after a probe: the logits of the first batch
   must match the contiguous ones (max abs difference <= ``1e-3 * max(1, max |logit|)``), else the
   defense is converted back and the record says why. ``auto`` means channels-last on CPU and
   contiguous on CUDA (not measured on a GPU here).
 * **torch.compile** (``compile=True``) of the classifier: opt-in. On this CPU it gave nothing on
-  top of channels-last (airbench classifier, batch 32: 0.238 vs 0.234 s per gradient) and took
-  34-62 s to compile; never used in tests.
+  top of channels-last (``benchmarks/layout.py --compile``, airbench classifier, batch 32: 0.988x)
+  after 16-62 s of compilation; never used in tests.
 
 Both change numbers only at float-rounding level, so the choice is part of the run's record and
 hash (a resumed run never mixes layouts).

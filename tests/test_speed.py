@@ -139,3 +139,31 @@ def test_new_options_are_hashed_and_recorded(tmp_path, monkeypatch):
     assert compiled == [clf]
     assert res.record["compile"] is True and res.record["memory_format"] == "channels_last"
     assert res.record["memory_format_reason"].startswith("probe max |logit diff|")
+
+
+def test_boards_resummarize_runs_from_before_the_robust_accuracy_definition(tmp_path):
+    """A stored run without ``attack_scope`` (older code attacked, and counted, every image) is
+    re-summarized from its rows, so a clean-misclassified image never counts as robust on a board."""
+    from leaderboards.runs import find_runs
+
+    net = _conv_net()
+    ev = _evalset(net)
+    d = Defense(_conv_net(), transform=_Noise(), name="toy").freeze()
+    res = run(RunSpec(defense="toy", dataset="toy", attacks=["fgsm"], batch_size=6, scale="full", attack_all=True,
+                      memory_format="contiguous"), out=tmp_path / "old", device=CPU, defense=d, evalset=ev)
+    rec = json.loads((res.dir / "record.json").read_text())
+    rec.pop("attack_scope")
+    (res.dir / "record.json").write_text(json.dumps(rec))
+    rows = [json.loads(line) for line in (res.dir / "samples.jsonl").read_text().splitlines()]
+    wrong = next(r for r in rows if sum(p == r["label"] for p in r["clean"]) * 2 <= 1)
+    wrong["fgsm"]["preds"] = [wrong["label"]]  # what an old run could hold: "robust" though wrong on clean
+    (res.dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stale = json.loads((res.dir / "summary.json").read_text())
+    stale["attacks"]["fgsm"]["correct"] += 1
+    (res.dir / "summary.json").write_text(json.dumps(stale))
+    (found,), notes = find_runs(tmp_path)
+    assert found.summary["attacks"]["fgsm"]["correct"] == res.summary["attacks"]["fgsm"]["correct"]
+    assert any("re-summarized" in n for n in notes)
+    (res.dir / "samples.jsonl").unlink()  # no rows: the stored summary stays, with a warning
+    (found,), notes = find_runs(tmp_path)
+    assert found.summary == stale and any("may be higher" in n for n in notes)
