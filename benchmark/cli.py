@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "its input gradients match fp32 on the first batch (cosine >= 0.99), else fp32; reported "
                    "accuracies always come from fp32 forward passes")
     r.add_argument("--attack-all", action="store_true", help="also attack the clean-misclassified images (by default "
-                   "they are skipped, as AutoAttack does: they count as not robust either way, so no number changes)")
+                   "they are skipped, as AutoAttack does: they count as not robust either way; on a deterministic defense "
+                   "no number changes, on a stochastic one the draws follow the attacked batch)")
     r.add_argument("--memory-format", default="auto", choices=("auto", "contiguous", "channels_last"),
                    help="weight layout (auto: channels_last on CPU after a logit check on the first batch, "
                         "contiguous on CUDA); recorded in the run record and hash")
