@@ -360,6 +360,12 @@ def _attack_precision(spec: RunSpec, defense: Any, attacks: list[Any], evalset: 
     return attack_defense, check, time.perf_counter() - t0
 
 
+def clean_correct(clean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Indices of the images that clean predictions of shape (repeats, N) get right by majority
+    vote (the rule of :func:`summarize`): the images a run attacks."""
+    return ((clean == y.unsqueeze(0)).sum(0) * 2 > clean.shape[0]).nonzero().flatten()
+
+
 def _run_batch(spec: RunSpec, b: int, n: int, evalset: Any, defense: Any, attacks: list[Any],
                device: torch.device, on_progress: Callable[[str, int, int], None] | None,
                attack_defense: Any = None) -> list[dict[str, Any]]:
@@ -383,10 +389,7 @@ def _run_batch(spec: RunSpec, b: int, n: int, evalset: Any, defense: Any, attack
     rows = [{"id": evalset.ids[lo + i], "label": int(y[i]), "clean": [int(p) for p in clean[:, i]]} for i in range(hi - lo)]
     # Attack only what the clean predictions (reused, not recomputed) get right, as AutoAttack does:
     # a clean-misclassified image is not robust whatever the attack does (see summarize).
-    if spec.attack_all:
-        idx = torch.arange(hi - lo, device=device)
-    else:
-        idx = ((clean == y.unsqueeze(0)).sum(0) * 2 > k).nonzero().flatten()
+    idx = torch.arange(hi - lo, device=device) if spec.attack_all else clean_correct(clean, y)
     attacked = set(idx.tolist())
     for atk in attacks:
         ev = defense.sample_noise(x, generator(spec.seed, "eval-noise", b, atk.name, device=device))  # whole batch: same draws per image

@@ -75,6 +75,7 @@ def main() -> None:
 
     from attacks import predict
     from attacks.presets import make_attack
+    from benchmark.runner import clean_correct
     from benchmark.speed import choose_memory_format
 
     base, x, y = setup(args)
@@ -89,17 +90,17 @@ def main() -> None:
                              random_start=False)
     out: dict[str, torch.Tensor] = {}
 
-    def clean_correct(defense: Defense) -> torch.Tensor:
-        g = torch.Generator(device=args.device).manual_seed(7)
-        pred = predict(defense, x, repeats=args.eval_draws, generator=g)
-        return (pred == y.unsqueeze(0)).sum(0) * 2 > args.eval_draws
+    def correct_idx(defense: Defense, xs: torch.Tensor, seed: int) -> torch.Tensor:
+        """The runner's rule: majority-correct over the seeded draws."""
+        g = torch.Generator(device=args.device).manual_seed(seed)
+        return clean_correct(predict(defense, xs, repeats=args.eval_draws, generator=g), y)
 
     def ours_run(defense: Defense, scope: bool, key: str) -> None:
         g = torch.Generator(device=args.device).manual_seed(0)
         if not scope:
             out[key] = attack(defense, x, y, generator=g)
             return
-        idx = clean_correct(defense).nonzero().flatten()
+        idx = correct_idx(defense, x, 7)
         xa = x.clone()
         if idx.numel():
             xa[idx] = attack(defense, x[idx], y[idx], generator=g)
@@ -123,13 +124,11 @@ def main() -> None:
     for f in contenders.values():  # warm-up (and the outputs to compare)
         f()
 
-    cc = clean_correct(plain)
-    print(f"  clean-correct (majority of {args.eval_draws} draws): {int(cc.sum())}/{len(y)} images attacked by `ours`")
+    cc = set(correct_idx(plain, x, 7).tolist())
+    print(f"  clean-correct (majority of {args.eval_draws} draws): {len(cc)}/{len(y)} images attacked by `ours`")
 
     def robust(xa: torch.Tensor) -> float:
-        g = torch.Generator(device=args.device).manual_seed(123)
-        pred = predict(plain, xa, repeats=args.eval_draws, generator=g)
-        return float((cc & ((pred == y.unsqueeze(0)).sum(0) * 2 > args.eval_draws)).float().mean())
+        return len(cc & set(correct_idx(plain, xa, 123).tolist())) / len(y)
 
     print("  robust accuracy (clean-correct and majority-correct at x_adv over "
           f"{args.eval_draws} draws): " + ", ".join(f"{k} {robust(out[k]):.4f}" for k in names))
