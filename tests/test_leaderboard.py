@@ -11,7 +11,7 @@ from scipy.stats import binomtest
 from benchmark.cli import main
 from benchmark.errors import BenchError
 from benchmark.runner import RunSpec, record_hash, run, summarize
-from benchmark.stats import clopper_pearson, mcnemar_exact
+from benchmark.stats import clopper_pearson
 from leaderboards.board import build_board, render
 from leaderboards.published import PUBLISHED_DIR, load_published
 from leaderboards.reproduce import Claim, Outcome, judge, parse_claims, reproduce
@@ -403,23 +403,6 @@ def _paired(name: str, correct: set, n: int = 100, ids=None) -> Outcome:
     rows = [{"id": ids[i], "label": 0, "clean": [0], "pgd": {"preds": [0 if i in correct else 1], "norm": 0.0}}
             for i in range(n)]
     return Outcome(name, summary=summarize(rows, record), record=record, rows=rows)
-
-
-def test_mcnemar_exact_matches_the_closed_form():
-    """Two-sided exact McNemar p = min(1, 2 * sum_{k <= min(b, c)} C(b+c, k) / 2^(b+c)), by hand."""
-    from math import comb
-
-    assert mcnemar_exact(8, 0) == pytest.approx(2 / 256)  # the README's DW_Both vs white box: p = 0.008
-    assert mcnemar_exact(0, 8) == pytest.approx(0.0078125)
-    assert mcnemar_exact(3, 0) == pytest.approx(0.25)
-    assert mcnemar_exact(10, 2) == pytest.approx(158 / 4096)  # 2 * (1 + 12 + 66) / 2^12
-    assert mcnemar_exact(3, 1) == pytest.approx(0.625)  # 2 * (1 + 4) / 16
-    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
-    for b, c in [(7, 3), (20, 9), (1, 12), (40, 25)]:
-        ref = min(1.0, 2 * sum(comb(b + c, k) for k in range(min(b, c) + 1)) / 2 ** (b + c))
-        assert mcnemar_exact(b, c) == pytest.approx(ref, rel=1e-12)
-    with pytest.raises(ValueError):
-        mcnemar_exact(-1, 2)
 
 
 def test_paired_claim_is_decided_by_mcnemar_where_the_intervals_overlap():
