@@ -1,9 +1,12 @@
 """Uncertainty of accuracies: exact (Clopper-Pearson) binomial intervals and the exact McNemar test."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 from scipy.stats import beta, binomtest
 
 
+@lru_cache(maxsize=4096)  # pure in (k, n, alpha); per-image scoring asks for (0, 1) and (1, 1) thousands of times
 def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Exact two-sided (1 - alpha) interval for a binomial proportion k/n.
 
