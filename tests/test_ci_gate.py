@@ -63,7 +63,7 @@ def test_a_weakened_attack_fails_the_gate(gate_results, tmp_path, capsys, monkey
     monkeypatch.setenv("COLUMNS", "400")  # whole table rows, unwrapped
     res = tmp_path / "res"
     shutil.copytree(gate_results, res)
-    assert main(["run", "--defense", "standard", "--dataset", "cifar10", "--subset", "first:20", "--attacks",
+    assert main(["run", "--defense", "standard", "--dataset", "cifar10", "--subset", "first:8", "--attacks",
                  "clean,pgd", "--scale", "cpu", "--eps", "0.5/255", "--steps", "1", "--out", str(res / "weak"),
                  "--quiet"]) == 0
     capsys.readouterr()
