@@ -166,3 +166,19 @@ def test_bench_run_end_to_end_at_reduced_width(tmp_path):
     rec = json.loads((tmp_path / "run" / "record.json").read_text())
     text = json.dumps(rec)
     assert "diffpure_imagenet" in text and "euler-maruyama" in text
+
+
+def test_diffpure_imagenet_subset_and_dataset(tmp_path):
+    import numpy as np
+
+    from benchmark.data import load_eval_set, parse_subset
+
+    sub = parse_subset("diffpure:2:16")
+    assert sub.spec == "diffpure:2:16"
+    ref = np.concatenate([np.random.RandomState(s).choice(50000, 16, replace=False) for s in (0, 1)])
+    np.testing.assert_array_equal(sub.indices(50000), ref)
+    np.testing.assert_array_equal(parse_subset("diffpure:8:64").indices(10000), parse_subset("diffpure").indices(10000))
+    with pytest.raises(BenchError, match="diffpure:RUNS:BATCH"):
+        parse_subset("diffpure:2")
+    with pytest.raises(BenchError, match="folder:PATH"):
+        load_eval_set("imagenet")
