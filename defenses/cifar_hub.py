@@ -293,7 +293,8 @@ def make_cifar100_resnet56(*, dataset: str = "cifar100", device: str | torch.dev
 
 
 @register_defense("cifar_hub", datasets=("cifar10", "cifar100"), stochastic=False,
-                  summary="a pytorch-cifar-models classifier by torch.hub name (model=..., weights=PATH), no purifier")
+                  summary="a pytorch-cifar-models classifier by torch.hub name, no purifier: model=<hub name> weights=PATH "
+                  "(the release file <hub name>-<sha8>.pt from github.com/chenyaofo/pytorch-cifar-models/releases)")
 def make_cifar_hub(*, dataset: str = "cifar10", device: str | torch.device = "cpu", model: str | None = None,
                    weights: str | None = None, checkpoint: str | None = None) -> Defense:
     """A pytorch-cifar-models classifier by hub name (default <dataset>_resnet56) from a local file."""

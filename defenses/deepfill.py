@@ -312,7 +312,8 @@ _OPTIONS = ("weights", "checkpoint", "classifier", "rt", "size", "cnum", "output
 
 
 @register_defense("atop_deepfill", datasets=("cifar10", "cifar100", "imagenette"), stochastic=True,
-                  summary="AToP with the authors' DeepFillv2 generator (weights=PATH, their states_*.pth), RT1/RT2 at 256 px")
+                  summary="AToP with the authors' DeepFillv2 generator at 256 px, RT1/RT2: weights=PATH to a glin2022/atop "
+                  "states_*.pth or deepfillv2-pytorch's states_pt_places2.pth (github.com/nipponjo/deepfillv2-pytorch)")
 def make_atop_deepfill(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
     """AToP as glin2022/atop runs it: RT at 256 px -> DeepFillv2 generator (authors' checkpoint) -> classifier."""
     unknown = [k for k in cfg if k not in _OPTIONS]

@@ -214,8 +214,9 @@ _OPTIONS = ("weights", "checkpoint", "classifier", "classifier_weights", "t", "t
 
 
 @register_defense("diffpure_imagenet", datasets=("imagenet", "imagenette"), stochastic=True,
-                  summary=f"DiffPure ImageNet: guided-diffusion {UNET_FILE} (weights=PATH), t*=0.15, reverse VP-SDE "
-                  "Euler dt=1e-3, torchvision ResNet-50 / WRN-50-2 (classifier_weights=PATH)")
+                  summary=f"DiffPure ImageNet: weights=PATH to guided-diffusion's {UNET_FILE} ({UNET_URL}), t*=0.15, "
+                  "reverse VP-SDE Euler dt=1e-3, torchvision ResNet-50 / WRN-50-2 (classifier_weights=PATH to "
+                  "resnet50-0676ba61.pth / wide_resnet50_2-95faca4d.pth from download.pytorch.org/models)")
 def make_diffpure_imagenet(*, dataset: str = "imagenet", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
     """DiffPure (ImageNet, authors' process): guided-diffusion 256x256 uncond UNet + reverse VP-SDE + torchvision classifier."""
     unknown = [k for k in cfg if k not in _OPTIONS]
