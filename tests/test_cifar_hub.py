@@ -7,8 +7,6 @@ and torchvision's MobileNetV2/ShuffleNetV2 outputs for the families built on tor
 """
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -136,17 +134,23 @@ def test_local_file_loads_by_hub_name_and_marks_unpublished(tmp_path):
         H.load_hub_classifier("cifar10_resnet32", path)
 
 
-def _bench(*args):
-    return subprocess.run([sys.executable, "-W", "ignore", "-m", "benchmark.cli", *args], capture_output=True,
-                          text=True, timeout=600)
+def _bench(capsys, *args):
+    """`bench ...` in process (the CLI's main: same parsing and error handling, no interpreter start-up)."""
+    from benchmark.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def _one_error(out, pattern):
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and pattern in lines[0], out.stderr
+def _one_error(result, pattern):
+    code, _, err = result
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and pattern in lines[0], err
 
 
-def test_bad_files_give_one_error(tmp_path):
+def test_bad_files_give_one_error(tmp_path, capsys):
     """Truncated, pickle-only and wrong files: a BenchError each (in process), one `error:` line from the CLI."""
     from benchmark.build import make_defense
 
@@ -160,17 +164,17 @@ def test_bad_files_give_one_error(tmp_path):
                           (tmp_path / "absent.pt", "cifar100_resnet20-23dac2f1.pt")):
         with pytest.raises(BenchError, match=pattern):
             make_defense("cifar_hub", dataset="cifar100", options={"model": "cifar100_resnet20", "weights": str(path)})
-    out = _bench("run", "--defense", "cifar_hub", "--dataset", "cifar100", "--source", "exact20", "--attacks",
+    out = _bench(capsys, "run", "--defense", "cifar_hub", "--dataset", "cifar100", "--source", "exact20", "--attacks",
                  "clean", "--defense-opt", "model=cifar100_resnet20", "--defense-opt", f"weights={trunc}")
     _one_error(out, "corrupt checkpoint")
 
 
-def test_cli_runs_a_local_hub_file_end_to_end(tmp_path):
+def test_cli_runs_a_local_hub_file_end_to_end(tmp_path, capsys):
     path = tmp_path / "r20.pt"
     torch.save(H.build_hub_net("cifar100_resnet20").state_dict(), path)
-    out = _bench("run", "--defense", "cifar_hub", "--dataset", "cifar100", "--source", "exact20", "--subset",
+    code, _, err = _bench(capsys, "run", "--defense", "cifar_hub", "--dataset", "cifar100", "--source", "exact20", "--subset",
                  "first:4", "--defense-opt", "model=cifar100_resnet20", "--defense-opt", f"weights={path}",
                  "--attacks", "fgsm", "--quiet", "--out", str(tmp_path / "run"))
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert code == 0, err[-2000:]
     rec = json.loads((tmp_path / "run" / "record.json").read_text())
     assert "cifar100_resnet20" in json.dumps(rec)

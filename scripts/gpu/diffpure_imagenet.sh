@@ -12,7 +12,7 @@
 #
 # Size (measured, not guessed, where stated): one UNet call is 2.24 TFLOP per image (torch
 # FlopCounter, 256 px); a purification is 150 calls = 336 TFLOP; on this project's 2-core CPU one
-# call took GUIDED_UNET_CPU_S s per image (fp32, 1 thread, contended; see /work/parts/i17b-NOTE.md),
+# call took 86 s per image (fp32, 1 thread, contended machine, measured 2026-12-02),
 # i.e. hours per purification: CPU is for reduced-width tests only. Per image, the published attack
 # is 2 APGD runs x 100 iterations x EOT 20 = 4,000 exact gradients through 150 checkpointed calls
 # (~4 x the forward cost each): ~5.4 EFLOP per image, about 5 GPU-hours per image at an assumed
