@@ -40,6 +40,7 @@ from benchmark.errors import BenchError
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, randn
+from .classifiers import IMAGENETTE_IMAGENET_INDEX as IMAGENETTE_INDEX
 from .diffusion import call_eps
 from .guided_unet import IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig, reduced_config
 from .weights import load_state_dict, sha256_file
@@ -55,7 +56,6 @@ TV_FILES: dict[str, tuple[str, str, float]] = {
                         78.468),
     "resnet18": ("resnet18-f37072fd.pth", "https://download.pytorch.org/models/resnet18-f37072fd.pth", 69.758),
 }
-IMAGENETTE_INDEX = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
 
 
 # --------------------------------------------------------------------------- VP-SDE solver

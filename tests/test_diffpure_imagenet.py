@@ -180,3 +180,18 @@ def test_diffpure_imagenet_subset_and_dataset(tmp_path):
         parse_subset("diffpure:2")
     with pytest.raises(BenchError, match="folder:PATH"):
         load_eval_set("imagenet")
+
+
+def test_fp16_torso_as_convert_to_fp16():
+    """use_fp16: torso convolutions in float16, time embedding / out head / norms in float32, output float32."""
+    cfg = reduced_config()
+    a = GuidedUNet(cfg).eval()
+    b = GuidedUNet(cfg).eval()
+    b.load_state_dict(a.state_dict())
+    b.convert_to_fp16()
+    assert b.input_blocks[1][0].in_layers[2].weight.dtype == torch.float16
+    assert b.time_embed[0].weight.dtype == b.out[2].weight.dtype == b.input_blocks[1][0].in_layers[0].weight.dtype == torch.float32
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
+    with torch.no_grad():
+        ya, yb = a(x, t), b(x, t)
+    assert yb.dtype == torch.float32 and 0 < float((ya - yb).abs().max()) < 0.02 * float(ya.abs().max())
