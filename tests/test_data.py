@@ -170,12 +170,12 @@ def test_first_all_and_ids(tmp_path):
 
 def test_rows_and_docs():
     rows = subset_rows()
-    assert [r["spec"] for r in rows] == ["all", "first:N", "random:N:SEED", "diffpure", "ids:FILE"]
+    assert [r["spec"] for r in rows] == ["all", "first:N", "random:N:SEED", "diffpure", "diffpure:RUNS:BATCH", "ids:FILE"]
     assert all(set(r) == {"spec", "meaning", "used_by"} for r in rows)
     assert "random:512:0" in rows[2]["used_by"]
     assert (REPO / "benchmark" / "data" / "SUBSETS.md").read_text() == subsets_markdown()
     d = {r["name"]: r for r in dataset_rows()}
-    assert set(d) == {"cifar10", "cifar100", "imagenette"}
+    assert set(d) == {"cifar10", "cifar100", "imagenette", "imagenet"}
     assert d["cifar10"]["resolution"] == "32x32" and d["cifar100"]["classes"] == "100"
 
 

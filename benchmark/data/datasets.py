@@ -105,6 +105,15 @@ _register(DatasetSpec(
     note="embedded = first 20 val images per class (224x224 JPEG re-encodes, interleaved by class); "
     "canonical = fast.ai imagenette2 val, full size, resized to 256 and centre-cropped to 224",
 ))  # fmt: skip
+# ImageNet-1k: no offline source; the 50,000 val images from a local folder (PATH/val/<wnid>/*.JPEG,
+# torchvision ImageFolder order: sorted wnids = label order, files sorted), resized to 256 and
+# centre-cropped to 224 as DiffPure's ``imval`` transform. The wnid list is timm's imagenet_synsets.txt.
+IMAGENET_WNIDS = tuple((Path(__file__).parent / "imagenet_wnids.txt").read_text().split())
+_register(DatasetSpec(
+    "imagenet", IMAGENET_WNIDS, IMAGENET_WNIDS, 224, "folder:", (),
+    note="no offline images: --source folder:PATH with PATH/val/<wnid>/*.JPEG (the 50,000 ILSVRC2012 val images); "
+    "resized to 256 and centre-cropped to 224; DiffPure's subset: --subset diffpure:32:16",
+))  # fmt: skip
 
 
 @dataclass

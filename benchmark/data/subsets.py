@@ -30,7 +30,7 @@ from benchmark.errors import BenchError
 DIFFPURE_SEEDS = tuple(range(8))
 DIFFPURE_BATCH = 64
 
-SPEC_HELP = "all, first:N, random:N:SEED, diffpure, ids:FILE"
+SPEC_HELP = "all, first:N, random:N:SEED, diffpure[:RUNS:BATCH], ids:FILE"
 
 
 def diffpure_indices(n: int, seeds: Sequence[int] = DIFFPURE_SEEDS, batch: int = DIFFPURE_BATCH) -> np.ndarray:
@@ -69,6 +69,8 @@ class Subset:
             return f"first:{self.count}"
         if self.kind == "random":
             return f"random:{self.count}:{self.seed}"
+        if self.kind == "diffpure" and self.count is not None:
+            return f"diffpure:{self.seed}:{self.count}"
         if self.kind == "ids":
             return f"ids:{self.path}"
         return self.kind
@@ -90,6 +92,8 @@ class Subset:
                 return np.arange(self.count, dtype=np.int64)
             return np.random.RandomState(self.seed).choice(n, self.count, replace=False).astype(np.int64)
         if self.kind == "diffpure":
+            if self.count is not None:  # diffpure:RUNS:BATCH (ImageNet: 32 runs of --num_sub 16)
+                return diffpure_indices(n, tuple(range(self.seed or 0)), self.count)
             return diffpure_indices(n)
         if self.kind == "ids":
             if ids is None:
@@ -144,6 +148,11 @@ def parse_subset(spec: str | Subset | None) -> Subset:
     text = spec.strip()
     head, _, rest = text.partition(":")
     head = head.strip().lower()
+    if head == "diffpure" and rest:
+        parts = rest.split(":")
+        if len(parts) != 2 or not all(parts):
+            raise BenchError(f"malformed subset {spec!r}: expected diffpure or diffpure:RUNS:BATCH (e.g. diffpure:32:16)")
+        return Subset("diffpure", count=_int(parts[1], "BATCH", spec, 1), seed=_int(parts[0], "RUNS", spec, 1))
     if head in ("all", "diffpure"):
         if rest:
             raise BenchError(f"malformed subset {spec!r}: {head} takes no arguments")
@@ -194,6 +203,12 @@ def subset_rows() -> list[dict[str, str]]:
             "meaning": f"DiffPure's data_seed 0..7 x {DIFFPURE_BATCH} images: concatenation of "
             f"RandomState(s).choice(n, {DIFFPURE_BATCH}, replace=False), s = 0..7 (512, repeats kept)",
             "used_by": "DiffPure (Nie et al. 2022), CIFAR-10 AutoAttack tables",
+        },
+        {
+            "spec": "diffpure:RUNS:BATCH",
+            "meaning": "the same with data_seed 0..RUNS-1 x BATCH images (RandomState(s).choice(n, BATCH, replace=False))",
+            "used_by": "DiffPure ImageNet: diffpure:32:16 over the 50,000 val images in ImageFolder order (its run "
+            "scripts pass --num_sub 16 per data_seed; 32 runs for 512 images and seeds 0..31 are inferred, as for CIFAR-10)",
         },
         {
             "spec": "ids:FILE",

@@ -1,0 +1,56 @@
+"""Per-image cost of the published-architecture defenses on this machine (the README table's column).
+
+Usage: OMP_NUM_THREADS=1 python scripts/published_costs.py
+Prints JSON: seconds per image (best of a few runs, one thread) for the shipped CIFAR-100 ResNet-56
+forward pass, AToP's DeepFillv2 purification at 256 px (RT2), one guided-diffusion 256x256 UNet call
+(DiffPure ImageNet purifies with 150 of them: the estimate is 150 x that call), and FLOPs per image
+counted by torch's FlopCounterMode on the meta device.
+"""
+import json
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from defenses.base import Noise
+from defenses.cifar_hub import load_hub_classifier
+from defenses.deepfill import AToPDeepFillPurifier, DeepFillGenerator
+from defenses.guided_unet import GuidedUNet
+
+
+def best(f, n: int = 3) -> float:
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    res: dict[str, float] = {}
+    with torch.device("meta"):
+        with FlopCounterMode(display=False) as fc:
+            GuidedUNet()(torch.randn(1, 3, 256, 256), torch.tensor([100]))
+        res["guided_unet_256_call_gflop"] = fc.get_total_flops() / 1e9
+        with FlopCounterMode(display=False) as fc:
+            DeepFillGenerator()(torch.randn(1, 5, 256, 256), torch.zeros(1, 1, 256, 256))
+        res["deepfill_256_gflop"] = fc.get_total_flops() / 1e9
+    with torch.no_grad():
+        m = load_hub_classifier("cifar100_resnet56")
+        x = torch.rand(20, 3, 32, 32)
+        res["resnet56_forward_per_image_s"] = best(lambda: m(x)) / 20
+        pur = AToPDeepFillPurifier(DeepFillGenerator().eval(), rt="rt2", size=256)
+        x = torch.rand(2, 3, 32, 32)
+        z = Noise(2, pur.sample_noise(x, torch.Generator().manual_seed(0)))
+        res["atop_deepfill_purify_per_image_s"] = best(lambda: pur(x, z), 2) / 2
+        u = GuidedUNet().eval()
+        x, t = torch.randn(1, 3, 256, 256), torch.tensor([100])
+        res["guided_unet_256_call_per_image_s"] = best(lambda: u(x, t), 2)
+        res["diffpure_imagenet_purify_per_image_s_est"] = 150 * res["guided_unet_256_call_per_image_s"]
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
