@@ -241,12 +241,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from leaderboards.gate import check, diff_table, load_baseline
 
-    rows = check(load_baseline(args.baseline), args.results)
+    notes: list[str] = []
+    rows = check(load_baseline(args.baseline), args.results, notes)
     con = _wide_console()
+    for n in notes:
+        con.print(f"note: {n}", markup=False, soft_wrap=True)
     con.print(diff_table(rows))
     failed = [r for r in rows if r.failed]
     if failed:
-        con.print(f"[red]FAIL[/]: {len(failed)} of {len(rows)} baseline number(s) regressed")
+        con.print(f"[red]FAIL[/]: {len(failed)} of {len(rows)} baseline number(s) moved beyond their tolerance")
         return 1
     con.print(f"[green]ok[/]: {len(rows)} baseline number(s) within tolerance")
     return 0

@@ -108,6 +108,21 @@ def spec_hash(spec: RunSpec) -> str:
     return config_hash(d)
 
 
+# record keys written after ``run_hash`` (where and with what the run ran, not what it computed);
+# a key added to the record after the hash must be named here, or stored runs stop verifying
+_UNHASHED_RECORD_KEYS = ("run_hash", "versions", "git_commit", "device", "precision_check")
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """The ``run_hash`` of a run record: config_hash of what the run computed.
+
+    ``precision`` is hashed only beside ``precision_requested`` (fp32 runs keep the hash they had
+    before the option existed). Readers of stored runs recompute it to refuse edited or foreign
+    records."""
+    return config_hash({k: v for k, v in record.items() if k not in _UNHASHED_RECORD_KEYS
+                        and (k != "precision" or "precision_requested" in record)})
+
+
 def validate_spec(spec: RunSpec) -> RunSpec:
     try:
         spec.validate()
@@ -261,7 +276,7 @@ def run(
     if precision_check is not None:  # part of the run's identity; fp32 runs keep their pre-option hash
         record["precision_requested"] = precision_check.requested
         record["precision"] = precision_check.used
-    record["run_hash"] = config_hash(record)
+    record["run_hash"] = record_hash(record)
     record["precision"] = precision_check.used if precision_check is not None else "fp32"
     if precision_check is not None:
         record["precision_check"] = precision_check.record()

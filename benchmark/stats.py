@@ -1,9 +1,12 @@
-"""Uncertainty of accuracies: exact (Clopper-Pearson) binomial intervals."""
+"""Uncertainty of accuracies: exact (Clopper-Pearson) binomial intervals and the exact McNemar test."""
 from __future__ import annotations
 
-from scipy.stats import beta
+from functools import lru_cache
+
+from scipy.stats import beta, binomtest
 
 
+@lru_cache(maxsize=4096)  # pure in (k, n, alpha); per-image scoring asks for (0, 1) and (1, 1) thousands of times
 def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Exact two-sided (1 - alpha) interval for a binomial proportion k/n.
 
@@ -22,3 +25,19 @@ def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
 def fmt_interval(k: int, n: int) -> str:
     lo, hi = clopper_pearson(k, n)
     return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for paired binary outcomes on the same images.
+
+    ``b``: images right under the first condition only, ``c``: right under the second only
+    (the discordant pairs; concordant images carry no information on the difference). Under
+    "no difference" each discordant image is a fair coin, so p is the two-sided binomial test
+    of b successes in b + c trials at 1/2. Paired, hence far more sensitive than comparing two
+    independent intervals on the same images. No discordant pair: p = 1.
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    if b + c == 0:
+        return 1.0
+    return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)

@@ -6,15 +6,23 @@ expected accuracy and a tolerance, both in percent::
 
     entries:
       - {defense: standard, dataset: cifar10, threat: linf, attack: pgd, scale: cpu,
-         expected: 0.0, tolerance: 2.0}
+         expected: 0.0, tolerance: 1.0}
 
-An entry fails when the stored number is below ``expected`` by more than
-``max(tolerance, half-width of its 95% interval)``: a drop inside the sampling noise of the
-stored run is not a regression. When several runs match, the most recently finished one is
-checked. A missing file, bad YAML, or an entry matching no stored run is bad input (BenchError).
+An entry fails when the stored number differs from ``expected`` by more than ``tolerance``
+points in *either* direction. A drop is a weaker defense or a broken model; a rise of robust
+accuracy is the regression that matters most for a benchmark, an attack that got weaker, so it
+fails too (change the baseline deliberately when a number should move). The gate's runs are
+deterministic on fixed images and seeds, so the tolerance only absorbs numeric differences
+between machines and library versions: it is required, finite and >= 0 (a missing, negative or
+NaN tolerance is bad input, never a disabled entry). The stored run's 95% interval is shown
+beside it, to judge how large a change is, not to excuse it. When several runs match, the most
+recently finished one whose record verifies (complete, ``run_hash`` matching its contents; see
+``leaderboards.runs``) is checked. A missing file, bad YAML, or an entry matching no stored run
+is bad input (BenchError).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,7 @@ class BaselineEntry:
     attack: str
     scale: str
     expected: float
-    tolerance: float = 0.0
+    tolerance: float
     protocol: str | None = None
 
     def selector(self) -> str:
@@ -46,7 +54,11 @@ class CheckRow:
     run: StoredRun
     stored: float  # percent
     ci: tuple[float, float]  # percent
-    allowed: float  # the largest drop that passes, percent
+
+    @property
+    def allowed(self) -> float:
+        """The largest change either way that passes, percent."""
+        return self.entry.tolerance
 
     @property
     def diff(self) -> float:
@@ -54,13 +66,13 @@ class CheckRow:
 
     @property
     def failed(self) -> bool:
-        return self.diff < -self.allowed
+        return abs(self.diff) > self.allowed + 1e-9  # k/n in percent is not exact in binary
 
     @property
     def status(self) -> str:
-        if self.failed:
-            return "REGRESSION"
-        return "improved" if self.diff > self.allowed else "ok"
+        if not self.failed:
+            return "ok"
+        return "REGRESSION: drop" if self.diff < 0 else "REGRESSION: rise (weaker attack?)"
 
 
 def load_baseline(path: str | Path) -> list[BaselineEntry]:
@@ -84,17 +96,18 @@ def load_baseline(path: str | Path) -> list[BaselineEntry]:
         unknown = sorted(set(raw) - set(names))
         if unknown:
             raise BenchError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
-        missing = [k for k in ("defense", "dataset", "threat", "attack", "scale", "expected") if raw.get(k) is None]
+        missing = [k for k in ("defense", "dataset", "threat", "attack", "scale", "expected", "tolerance")
+                   if raw.get(k) is None]
         if missing:
             raise BenchError(f"{where}: missing {', '.join(missing)}")
         for k in ("expected", "tolerance"):
-            v = raw.get(k, 0.0)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise BenchError(f"{where}: {k} must be a number (percent), got {v!r}")
+            v = raw[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise BenchError(f"{where}: {k} must be a finite number (percent), got {v!r}")
         if not 0 <= raw["expected"] <= 100:
             raise BenchError(f"{where}: expected = {raw['expected']} is outside 0-100 (percent)")
-        if raw.get("tolerance", 0.0) < 0:
-            raise BenchError(f"{where}: tolerance must be >= 0")
+        if not 0 <= raw["tolerance"] <= 100:
+            raise BenchError(f"{where}: tolerance = {raw['tolerance']} must be in 0-100 (percentage points)")
         out.append(BaselineEntry(**{k: (str(v) if k not in ("expected", "tolerance") and v is not None else v)
                                     for k, v in raw.items()}))
     return out
@@ -112,9 +125,14 @@ def _number(summary: dict[str, Any], attack: str) -> dict[str, Any] | None:
     return summary.get("attacks", {}).get(attack)
 
 
-def check(entries: list[BaselineEntry], results: str | Path) -> list[CheckRow]:
-    """One row per baseline entry; BenchError when an entry matches no stored run."""
-    runs, _ = find_runs(results)
+def check(entries: list[BaselineEntry], results: str | Path, notes: list[str] | None = None) -> list[CheckRow]:
+    """One row per baseline entry; BenchError when an entry matches no stored run.
+
+    Runs that cannot be trusted (see :func:`leaderboards.runs.find_runs`) are never checked;
+    why each was skipped is appended to ``notes``."""
+    runs, skipped = find_runs(results)
+    if notes is not None:
+        notes.extend(skipped)
     rows = []
     for e in entries:
         cands = [r for r in runs if _matches(e, r) and _number(r.summary, e.attack) is not None]
@@ -122,12 +140,14 @@ def check(entries: list[BaselineEntry], results: str | Path) -> list[CheckRow]:
             near = [r for r in runs if _matches(e, r)]
             hint = (f"; matching runs have {', '.join(sorted(near[0].summary.get('attacks', {})))}"
                     + (", worst_case" if "worst_case" in near[0].summary else "")) if near else ""
+            if skipped and not near:
+                hint += f" ({len(skipped)} run folder(s) skipped as unreadable or unverified)"
             raise BenchError(f"baseline entry {e.selector()} matches no stored run under {results}{hint}")
         run = max(cands, key=lambda r: r.finished)
         num = _number(run.summary, e.attack)
         assert num is not None
         lo, hi = 100 * float(num["ci95"][0]), 100 * float(num["ci95"][1])
-        rows.append(CheckRow(e, run, 100 * float(num["accuracy"]), (lo, hi), max(e.tolerance, (hi - lo) / 2)))
+        rows.append(CheckRow(e, run, 100 * float(num["accuracy"]), (lo, hi)))
     return rows
 
 
@@ -135,14 +155,15 @@ def diff_table(rows: list[CheckRow]):
     from rich.table import Table
 
     t = Table(title="regression gate: stored vs baseline (percent)",
-              caption="fails when stored < expected - max(tolerance, half-width of the stored 95% interval)")
-    for c in ("defense", "dataset", "threat", "attack", "scale", "expected", "stored", "95% CI", "allowed drop",
+              caption="fails when |stored - expected| > tolerance, either way: a rise of robust accuracy "
+                      "usually means a weaker attack")
+    for c in ("defense", "dataset", "threat", "attack", "scale", "expected", "stored", "95% CI", "tolerance",
               "diff", "status", "run"):
-        t.add_column(c, justify="right" if c in ("expected", "stored", "allowed drop", "diff") else "left",
+        t.add_column(c, justify="right" if c in ("expected", "stored", "tolerance", "diff") else "left",
                      overflow="fold")
     for r in rows:
         e = r.entry
         t.add_row(e.defense, e.dataset, e.threat, e.attack, e.scale, f"{e.expected:.1f}", f"{r.stored:.1f}",
-                  f"[{r.ci[0]:.1f}, {r.ci[1]:.1f}]", f"{r.allowed:.1f}", f"{r.diff:+.1f}",
+                  f"[{r.ci[0]:.1f}, {r.ci[1]:.1f}]", f"+/-{r.allowed:.1f}", f"{r.diff:+.1f}",
                   f"[red]{r.status}[/]" if r.failed else r.status, str(r.run.dir))
     return t

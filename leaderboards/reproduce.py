@@ -5,12 +5,19 @@ Each defense of the protocol (``configs/protocols/NAME.yaml``, ``defenses:``) ru
 name: its factory raises BenchError) is skipped with the reason. Our numbers are printed beside
 the published rows mapped onto the protocol (``protocol``/``ours``/``protocol_attack`` in
 ``leaderboards/published/*.yaml``), and each claim of the protocol's ``claims:`` list gets a
-verdict from the two numbers' 95% intervals:
+verdict. Both sides of a claim are measured on the same images, so the verdict comes from a
+**paired** test: the exact McNemar test (:func:`benchmark.stats.mcnemar_exact`) on the images
+the two runs share, matched by image id, each image's outcome by the runner's own rule:
 
-- ``reproduced``: the intervals are disjoint and the relation holds;
-- ``not reproduced``: the intervals are disjoint and the relation fails;
-- ``inconclusive``: the intervals overlap (more images would be needed to tell);
+- ``reproduced``: p < 0.05 and the difference goes the claimed way;
+- ``not reproduced``: p < 0.05 and it goes the other way;
+- ``inconclusive``: p >= 0.05 (more images would be needed to tell);
 - ``not evaluated``: a side was skipped or not run.
+
+The two 95% Clopper-Pearson intervals are printed beside p. Only when per-image rows are not
+available for both sides (no shared image ids, rows missing) do the intervals decide
+(``reproduced`` / ``not reproduced`` when disjoint, ``inconclusive`` when they overlap), and
+the verdict says so: every verdict names the test that decided it.
 
 A claim is ``{claim: text, left: DEFENSE, right: DEFENSE, attack: NAME, relation: ">="}``
 (``>=``, ``>``, ``<=``, ``<``); ``attack`` is one of the protocol's attacks, ``clean`` or
@@ -28,6 +35,9 @@ import pandas as pd
 from benchmark.errors import BenchError
 
 RELATIONS = (">=", ">", "<=", "<")
+ALPHA = 0.05  # two-sided level of the paired test (and 95% for the intervals)
+MCNEMAR = "exact McNemar"
+INTERVALS = "95% intervals"
 CLAIM_KEYS = ("claim", "left", "right", "attack", "left_attack", "right_attack", "relation")
 
 
@@ -47,6 +57,38 @@ class Outcome:
     dir: Path | None = None
     summary: dict[str, Any] | None = None
     skipped: str | None = None
+    record: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] | None = None  # per-image rows (samples.jsonl), for the paired test
+    _by_image: dict[str, dict[str, bool]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def correct_by_image(self, metric: str) -> tuple[dict[str, bool] | None, str]:
+        """Image id -> correct under ``metric`` (an attack, ``clean`` or ``worst_case``), or
+        (None, why not). Each image is scored by :func:`benchmark.runner.summarize` on that
+        image alone, so the rule is the runner's own, and the counts must add up to the
+        stored summary's."""
+        if self.rows is None or self.record is None:
+            return None, f"{self.defense} has no per-image rows"
+        if self._by_image is None:
+            from benchmark.runner import summarize
+
+            by: dict[str, dict[str, bool]] = {}
+            try:
+                for r in self.rows:
+                    one = summarize([r], self.record)
+                    for m in ("clean", "worst_case", *one.get("attacks", {})):
+                        e = _metric(one, m)
+                        if e is not None:
+                            by.setdefault(m, {})[str(r["id"])] = bool(e["correct"])
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                return None, f"{self.defense}'s rows could not be scored ({type(e).__name__})"
+            self._by_image = by
+        got = self._by_image.get(metric)
+        stored = _metric(self.summary or {}, metric)
+        if got is None or stored is None:
+            return None, f"{self.defense} has no per-image {metric} outcome"
+        if len(got) != stored.get("n") or sum(got.values()) != stored.get("correct"):
+            return None, f"{self.defense}'s rows do not add up to its {metric} summary"
+        return got, ""
 
 
 @dataclass
@@ -54,6 +96,10 @@ class Verdict:
     claim: Claim
     verdict: str
     detail: str
+    test: str = ""  # what decided: MCNEMAR or INTERVALS ("" when not evaluated)
+    p: float | None = None  # exact McNemar p (also when the intervals decided, if it could be computed)
+    paired: int | None = None  # images in the paired comparison
+    discordant: tuple[int, int] | None = None  # (only left correct, only right correct)
 
 
 @dataclass
@@ -98,6 +144,11 @@ def _metric(summary: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str) -> Verdict:
+    """The claim's verdict: the exact McNemar test on the images both sides share when their
+    per-image rows are available, else the two 95% intervals; the interval view is always in
+    the detail, and ``test`` names what decided."""
+    from benchmark.stats import mcnemar_exact
+
     sides = []
     for name, attack in ((claim.left, claim.left_attack), (claim.right, claim.right_attack)):
         o = outcomes.get(name)
@@ -110,14 +161,35 @@ def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str) -> Verdict:
             return Verdict(claim, "not evaluated", f"{name} has no {attack} result")
         sides.append((name, attack, 100 * m["accuracy"], 100 * m["ci95"][0], 100 * m["ci95"][1]))
     (ln, la, lv, llo, lhi), (rn, ra, rv, rlo, rhi) = sides
+    overlap = llo <= rhi and rlo <= lhi
     detail = (f"{ln} {la} {lv:.1f} [{llo:.1f}, {lhi:.1f}] {claim.relation} "
-              f"{rn} {ra} {rv:.1f} [{rlo:.1f}, {rhi:.1f}]")
+              f"{rn} {ra} {rv:.1f} [{rlo:.1f}, {rhi:.1f}]; intervals {'overlap' if overlap else 'disjoint'}")
     if scale != "full":
         detail += f" (scale {scale}: not the published setting)"
-    if llo <= rhi and rlo <= lhi:
-        return Verdict(claim, "inconclusive", detail + "; the intervals overlap")
+    better = claim.relation in (">=", ">")  # the claim says left is the more accurate side
+
+    left, why = outcomes[claim.left].correct_by_image(claim.left_attack)
+    right, why_r = outcomes[claim.right].correct_by_image(claim.right_attack) if left is not None else (None, "")
+    common = sorted(set(left) & set(right)) if left is not None and right is not None else []
+    if common:
+        b = sum(left[i] and not right[i] for i in common)
+        c = sum(right[i] and not left[i] for i in common)
+        p = mcnemar_exact(b, c)
+        partial = "" if len(common) == len(left) == len(right) else f" (the {len(common)} images both runs share)"
+        detail += (f"; exact McNemar on {len(common)} paired images{partial}: {b} right only under {ln} {la}, "
+                   f"{c} only under {rn} {ra}, p = {p:.3g}")
+        if p >= ALPHA:
+            verdict = "inconclusive"
+        else:
+            verdict = "reproduced" if (b > c) == better else "not reproduced"
+        return Verdict(claim, verdict, detail + f"; decided by the {MCNEMAR} test (paired, two-sided, "
+                       f"alpha {ALPHA:g})", MCNEMAR, p, len(common), (b, c))
+    why = why or why_r or "the two runs share no image id"
+    detail += f"; no paired test ({why}); decided by the {INTERVALS}"
+    if overlap:
+        return Verdict(claim, "inconclusive", detail, INTERVALS)
     holds = {">=": lv >= rv, ">": lv > rv, "<=": lv <= rv, "<": lv < rv}[claim.relation]
-    return Verdict(claim, "reproduced" if holds else "not reproduced", detail)
+    return Verdict(claim, "reproduced" if holds else "not reproduced", detail, INTERVALS)
 
 
 def comparison(protocol: Any, outcomes: list[Outcome], published: pd.DataFrame) -> pd.DataFrame:
@@ -173,7 +245,7 @@ def reproduce(
     from benchmark.build import make_defense, resolve_device
     from benchmark.data import load_eval_set
     from benchmark.protocols import apply_protocol, load_protocol
-    from benchmark.results import check_writable
+    from benchmark.results import RunStore, check_writable
     from benchmark.runner import SCALES, RunSpec, run, spec_hash, validate_spec
 
     from .published import load_published
@@ -219,7 +291,8 @@ def reproduce(
         out = out_root / f"{safe}-{spec.dataset}-{spec.threat}-{scale}-{spec_hash(spec)[:8]}"
         note(f"running {name} ({len(evalset)} images, attacks {', '.join(spec.attacks or [])}) -> {out}")
         res = run(spec, out=out, device=dev, defense=defense, evalset=evalset, on_progress=on_progress)
-        outcomes.append(Outcome(name, dir=res.dir, summary=res.summary))
+        outcomes.append(Outcome(name, dir=res.dir, summary=res.summary, record=res.record,
+                                rows=RunStore(res.dir).read_samples()))
     pub = load_published() if published is None else published
     by_name = {o.defense: o for o in outcomes}
     verdicts = [judge(c, by_name, scale) for c in claims]
@@ -247,11 +320,14 @@ def report_tables(rep: Report) -> list[Any]:
         n = "" if r["n"] is None or pd.isna(r["n"]) else str(int(r["n"]))
         t.add_row(r["defense"], r["metric"], _f(r["ours"]), ci, n, _f(r["published"], ".2f"),
                   _f(r["delta"], "+.1f"), inci, r["status"] or r["citation"])
-    v = Table(title=f"claims of {rep.protocol.name}")
-    for c in ("claim", "verdict", "evidence"):
-        v.add_column(c, overflow="fold")
+    v = Table(title=f"claims of {rep.protocol.name}",
+              caption=f"decided by the exact McNemar test on the same images (paired, two-sided, alpha {ALPHA:g}); "
+                      "the 95% intervals only where per-image rows are missing")
+    for c in ("claim", "verdict", "decided by", "McNemar p", "evidence"):
+        v.add_column(c, overflow="fold", justify="right" if c == "McNemar p" else "left")
     colour = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
     for x in rep.verdicts:
         c = colour.get(x.verdict)
-        v.add_row(x.claim.text, f"[{c}]{x.verdict}[/]" if c else x.verdict, x.detail)
+        v.add_row(x.claim.text, f"[{c}]{x.verdict}[/]" if c else x.verdict, x.test,
+                  "" if x.p is None else f"{x.p:.3g}", x.detail)
     return [t, v]

@@ -92,8 +92,7 @@ def test_defense_options_reach_the_factory_and_the_record(tmp_path):
 
     from defenses.weights import manifest
 
-    if "ddpm_cifar10" not in manifest():
-        pytest.skip("ddpm_cifar10 not shipped")
+    assert "ddpm_cifar10" in manifest(), "ddpm_cifar10 ships with the repository"
     out = tmp_path / "run"
     r = bench("run", "--defense", "diffpure", "--defense-opt", "steps=2", "--source", "exact20", "--subset", "first:4",
               "--attacks", "clean", "--quiet", "--out", str(out))

@@ -6,10 +6,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from scipy.stats import binomtest
 
 from benchmark.cli import main
 from benchmark.errors import BenchError
-from benchmark.runner import RunSpec, run, summarize
+from benchmark.runner import RunSpec, record_hash, run, summarize
 from benchmark.stats import clopper_pearson
 from leaderboards.board import build_board, render
 from leaderboards.published import PUBLISHED_DIR, load_published
@@ -37,7 +38,8 @@ def fake_run(d: Path, *, defense: str, n: int = 100, clean: int = 90, attacks: d
             for k, (_, fam, params) in attacks.items()]
     record = {"defense": defense, "defense_info": {"classifier": "toycls"}, "stochastic": stochastic,
               "dataset": dataset, "source": "test", "subset": f"first:{n}", "threat": threat, "protocol": None,
-              "scale": scale, "attacks": recs, "eval_repeats": 1, "n": n}
+              "scale": scale, "attacks": recs, "eval_repeats": 1, "n": n, "ids": [str(i) for i in range(n)], "seed": 0}
+    record["run_hash"] = record_hash(record)
     rows = []
     for i in range(n):
         r = {"id": str(i), "label": 0, "clean": [0 if i < clean else 1]}
@@ -49,6 +51,14 @@ def fake_run(d: Path, *, defense: str, n: int = 100, clean: int = 90, attacks: d
     (d / "summary.json").write_text(json.dumps(summarize(rows, record)))
     (d / "timing.json").write_text(json.dumps({"finished_unix": finished}))
     return d
+
+
+def edit_record(d: Path, **changes) -> None:
+    """Change a stored record as a run with those settings would have written it (hash included)."""
+    rec = json.loads((d / "record.json").read_text())
+    rec.update(changes)
+    rec["run_hash"] = record_hash(rec)
+    (d / "record.json").write_text(json.dumps(rec))
 
 
 PGD = lambda steps, eot=1: {"steps": steps, "noise_policy": f"eot:{eot}" if eot > 1 else "fresh"}  # noqa: E731
@@ -148,8 +158,10 @@ def test_board_separates_scales_and_flags(results):
     under = full[full["defense"] == "weakly_attacked"].iloc[0]
     assert "under-attacked: PGD accuracy still falling at the largest budget" in under["flags"]
     assert under["worst case"] == pytest.approx(50.0) and under["n"] == 500
-    lo, hi = clopper_pearson(250, 500)
-    assert (under["ci95_lo"], under["ci95_hi"]) == pytest.approx((100 * lo, 100 * hi))
+    # reference computed another way: scipy's exact binomial interval (and its literal values)
+    ref = binomtest(250, 500).proportion_ci(confidence_level=0.95, method="exact")
+    assert (under["ci95_lo"], under["ci95_hi"]) == pytest.approx((100 * ref.low, 100 * ref.high), abs=1e-9)
+    assert (under["ci95_lo"], under["ci95_hi"]) == pytest.approx((45.5286, 54.4714), abs=1e-3)
     assert "under-attacked" not in full[full["defense"] == "well_attacked"].iloc[0]["flags"]
     # published ADDT rows: PGD20+EoT10 vs PGD200+EoT20 on 1024 images is flagged too
     dp = full[(full["source"] == "published") & (full["defense"] == "DP_DDPM") & full["budget"].str.contains("PGD200")]
@@ -168,10 +180,8 @@ def test_board_separates_scales_and_flags(results):
 ])
 def test_board_notes_attack_precision(tmp_path, used, asked, expect):
     d = fake_run(tmp_path / "r", defense="d", attacks={"pgd": (40, "pgd", PGD(20))})
-    rec = json.loads((d / "record.json").read_text())
-    rec.update(precision=used, precision_requested=asked,
-               precision_check={"min_cosine": 0.995 if used == "bf16" else 0.97})
-    (d / "record.json").write_text(json.dumps(rec))
+    edit_record(d, precision=used, precision_requested=asked,
+                precision_check={"min_cosine": 0.995 if used == "bf16" else 0.97})
     (tab,) = board_frames(tmp_path)[0].values()
     assert expect in tab.frame[tab.frame["source"] == "ours"].iloc[0]["notes"]
 
@@ -217,7 +227,15 @@ ENTRY = {"defense": "well_attacked", "dataset": "cifar10", "threat": "linf", "at
          "expected": 59.0, "tolerance": 1.0}
 
 
-def test_check_passes_then_fails_on_lowered_copy(results, tmp_path, capsys):
+def _restore(d: Path, correct: int, n: int = 500) -> None:
+    """Store ``correct`` of ``n`` as the run's pgd200 number (a later run of the same config)."""
+    s = json.loads((d / "summary.json").read_text())
+    ref = binomtest(correct, n).proportion_ci(method="exact")
+    s["attacks"]["pgd200"].update(correct=correct, accuracy=correct / n, ci95=[ref.low, ref.high])
+    (d / "summary.json").write_text(json.dumps(s))
+
+
+def test_check_fails_both_ways_beyond_the_tolerance(results, tmp_path, capsys):
     base = _baseline(tmp_path / "b.yaml", [ENTRY, {**ENTRY, "attack": "worst_case", "expected": 59.0}])
     assert main(["check", "--baseline", str(base), "--results", str(results)]) == 0
     assert "ok: 2 baseline" in capsys.readouterr().out
@@ -225,16 +243,22 @@ def test_check_passes_then_fails_on_lowered_copy(results, tmp_path, capsys):
     lowered = tmp_path / "lowered"
     shutil.copytree(results, lowered)
     d = lowered / "full_ok"
-    s = json.loads((d / "summary.json").read_text())
-    s["attacks"]["pgd200"].update(correct=195, accuracy=0.39, ci95=list(clopper_pearson(195, 500)))
-    (d / "summary.json").write_text(json.dumps(s))
+    _restore(d, 195)
     out_code = main(["check", "--baseline", str(base), "--results", str(lowered)])
     text = capsys.readouterr().out
-    assert out_code == 1 and "REGRESSION" in text and "FAIL: 1 of 2" in text and "-20.0" in text
-    # a small drop inside the stored interval's half-width (about 4.3 points here) is not a regression
-    s["attacks"]["pgd200"].update(correct=285, accuracy=0.57, ci95=list(clopper_pearson(285, 500)))
-    (d / "summary.json").write_text(json.dumps(s))
-    assert main(["check", "--baseline", str(base), "--results", str(lowered)]) == 0
+    assert out_code == 1 and "REGRESSION: drop" in text and "FAIL: 1 of 2" in text and "-20.0" in text
+    # a rise is a regression too: a weaker attack (the old gate called this "improved" and passed)
+    _restore(d, 310)  # 62.0 against 59.0 +/- 1.0
+    out_code = main(["check", "--baseline", str(base), "--results", str(lowered)])
+    text = capsys.readouterr().out
+    assert out_code == 1 and "REGRESSION: rise" in text and "+3.0" in text
+    # inside the tolerance either way passes; the interval's half-width (about 4.4 points) no longer
+    # widens it: the gate's runs are deterministic on fixed images
+    for correct in (290, 300):  # 58.0 and 60.0: exactly 1.0 off
+        _restore(d, correct)
+        assert main(["check", "--baseline", str(base), "--results", str(lowered)]) == 0
+    _restore(d, 285)  # 57.0: 2 points down, inside the old half-width allowance
+    assert main(["check", "--baseline", str(base), "--results", str(lowered)]) == 1
 
 
 @pytest.mark.parametrize("what, message", [
@@ -244,6 +268,12 @@ def test_check_passes_then_fails_on_lowered_copy(results, tmp_path, capsys):
     ("noattack", "matches no stored run"),
     ("key", "unknown key"),
     ("range", "outside 0-100"),
+    ("tol_nan", "tolerance must be a finite number"),
+    ("tol_inf", "tolerance must be a finite number"),
+    ("tol_negative", "tolerance = -1.0 must be in 0-100"),
+    ("tol_missing", "missing tolerance"),
+    ("tol_string", "tolerance must be a finite number"),
+    ("expected_nan", "expected must be a finite number"),
 ])
 def test_check_bad_input_exits_2(results, tmp_path, capsys, what, message):
     f = tmp_path / "b.yaml"
@@ -257,9 +287,89 @@ def test_check_bad_input_exits_2(results, tmp_path, capsys, what, message):
         _baseline(f, [{**ENTRY, "tolerence": 1}])
     elif what == "range":
         _baseline(f, [{**ENTRY, "expected": 0.59 * 1000}])
+    elif what in ("tol_nan", "tol_inf", "expected_nan"):  # YAML's own spellings, as a user writes them
+        key, val = ("expected", ".nan") if what == "expected_nan" else ("tolerance", ".nan" if what == "tol_nan" else ".inf")
+        other = "tolerance: 1.0" if key == "expected" else "expected: 59.0"
+        f.write_text("entries:\n  - {defense: well_attacked, dataset: cifar10, threat: linf, attack: pgd200, "
+                     f"scale: full, {other}, {key}: {val}}}\n")
+    elif what == "tol_negative":
+        _baseline(f, [{**ENTRY, "tolerance": -1.0}])
+    elif what == "tol_missing":
+        _baseline(f, [{k: v for k, v in ENTRY.items() if k != "tolerance"}])
+    elif what == "tol_string":
+        _baseline(f, [{**ENTRY, "tolerance": "1"}])
     assert main(["check", "--baseline", str(f), "--results", str(results)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_check_ignores_a_foreign_run_beside_the_real_one(results, tmp_path, capsys):
+    """A run folder with a minimal hand-written record (no run_hash), or a real record edited after
+    the run, finished later than the real run: the gate must check the real run, not it."""
+    base = _baseline(tmp_path / "b.yaml", [ENTRY])
+    res = tmp_path / "res"
+    shutil.copytree(results, res)
+    forged = res / "zz_forged"
+    forged.mkdir()
+    (forged / "record.json").write_text(json.dumps({k: ENTRY[k] for k in ("defense", "dataset", "threat", "scale")}
+                                                   | {"attacks": [{"attack": "pgd200"}]}))
+    good = json.loads((res / "full_ok" / "summary.json").read_text())
+    good["attacks"]["pgd200"].update(correct=0, accuracy=0.0, ci95=[0.0, 0.01])
+    (forged / "summary.json").write_text(json.dumps(good))
+    (forged / "timing.json").write_text(json.dumps({"finished_unix": 9e9}))
+    edited = shutil.copytree(res / "full_ok", res / "zz_edited")
+    rec = json.loads((edited / "record.json").read_text())
+    rec["defense"] = "well_attacked"
+    rec["attacks"][1]["params"]["steps"] = 2000  # claims a stronger attack than was run; hash not updated
+    (edited / "record.json").write_text(json.dumps(rec))
+    (edited / "timing.json").write_text(json.dumps({"finished_unix": 9e9}))
+    assert main(["check", "--baseline", str(base), "--results", str(res)]) == 0  # the real run, 59.0
+    out = capsys.readouterr().out
+    assert "full_ok" in out and "zz_" not in out.split("regression gate")[1]
+    assert f"skipped {forged}: record.json has no valid 'eval_repeats' (missing)" in out.replace("\n", "")
+    assert f"skipped {edited}: record.json does not match its run_hash" in out.replace("\n", "")
+    # alone, the forged run is no run at all: an error, not a pass
+    shutil.rmtree(res / "full_ok")
+    assert main(["check", "--baseline", str(base), "--results", str(res)]) == 2
+    assert "matches no stored run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["accuracy_string", "accuracy_nan", "ci_short", "attacks_string", "attack_str_entry"])
+def test_readers_skip_runs_with_non_numeric_summaries_or_string_attacks(results, tmp_path, capsys, damage):
+    """leaderboard, check and plot skip a run whose summary accuracy is not a number or whose
+    record's attacks is a string, with a one-line note, as for a truncated file."""
+    res = tmp_path / "res"
+    shutil.copytree(results, res)
+    bad = shutil.copytree(res / "full_ok", res / "zz_bad")
+    (bad / "timing.json").write_text(json.dumps({"finished_unix": 9e9}))  # the newest: checked first if trusted
+    summ = json.loads((bad / "summary.json").read_text())
+    if damage == "accuracy_string":
+        summ["attacks"]["pgd200"]["accuracy"] = "0.59"
+    elif damage == "accuracy_nan":
+        (bad / "summary.json").write_text(json.dumps(summ).replace('"accuracy": 0.59', '"accuracy": NaN'))
+    elif damage == "ci_short":
+        summ["worst_case"]["ci95"] = [0.5]
+    elif damage == "attacks_string":
+        edit_record(bad, attacks="pgd200")  # even with a matching hash
+    else:
+        edit_record(bad, attacks=["pgd200"])
+    if damage != "accuracy_nan":
+        (bad / "summary.json").write_text(json.dumps(summ))
+    base = _baseline(tmp_path / "b.yaml", [ENTRY])
+    assert main(["check", "--baseline", str(base), "--results", str(res)]) == 0
+    out = capsys.readouterr().out
+    assert "full_ok" in out and f"skipped {bad}:" in out.replace("\n", "")
+    board = tmp_path / "board.md"
+    assert main(["leaderboard", "--dataset", "cifar10", "--threat", "linf", "--results", str(res),
+                 "--out", str(board)]) == 0
+    text = board.read_text()
+    assert "zz_bad" in text and f"skipped {bad}:" in text and "well_attacked" in text
+    capsys.readouterr()
+    for i, steps in enumerate((20, 200)):  # a steps curve to plot beside the bad run
+        fake_run(res / f"curve{i}", defense="curve", attacks={"pgd": (60 - 10 * i, "pgd", PGD(steps))})
+    png = tmp_path / "steps.png"
+    assert main(["plot", "steps", "--results", str(res), "--out", str(png), "--quiet"]) == 0
+    assert png.is_file() and f"skipped {bad}:" in capsys.readouterr().out.replace("\n", "")
 
 
 # ------------------------------------------------------------------ reproduce
@@ -275,12 +385,65 @@ def _summary(correct: int, n: int = 100) -> dict:
     (10, 90, "<", "reproduced"),
     (52, 48, ">", "inconclusive"),
 ])
-def test_claim_verdicts(left, right, relation, verdict):
+def test_claim_verdicts_from_intervals_without_rows(left, right, relation, verdict):
+    """Summaries only (no per-image rows): the 95% intervals decide, and the verdict says so."""
     outs = {"a": Outcome("a", summary=_summary(left)), "b": Outcome("b", summary=_summary(right))}
     v = judge(Claim("a vs b", "a", "b", "pgd", "pgd", relation), outs, "full")
-    assert v.verdict == verdict
+    assert v.verdict == verdict and v.test == "95% intervals" and v.p is None
+    assert "decided by the 95% intervals" in v.detail and "no per-image rows" in v.detail
     skipped = judge(Claim("x", "a", "c", "pgd", "pgd", ">"), {**outs, "c": Outcome("c", skipped="no weights")}, "full")
     assert skipped.verdict == "not evaluated" and "no weights" in skipped.detail
+
+
+def _paired(name: str, correct: set, n: int = 100, ids=None) -> Outcome:
+    """An outcome with per-image rows: image i survives pgd when i is in ``correct`` (all clean-correct)."""
+    ids = ids or [f"img{i}" for i in range(n)]
+    record = {"attacks": [{"attack": "pgd", "family": "pgd", "threat": "linf", "params": {"eps": 8 / 255}}],
+              "eval_repeats": 1, "scale": "full"}
+    rows = [{"id": ids[i], "label": 0, "clean": [0], "pgd": {"preds": [0 if i in correct else 1], "norm": 0.0}}
+            for i in range(n)]
+    return Outcome(name, summary=summarize(rows, record), record=record, rows=rows)
+
+
+def test_paired_claim_is_decided_by_mcnemar_where_the_intervals_overlap():
+    """55 vs 45 of the same 100 images: the 95% intervals overlap (the old verdict, inconclusive), but
+    the 10 discordant images all favour the left side: exact McNemar p = 2 / 2^10 decides."""
+    outs = {"a": _paired("a", set(range(55))), "b": _paired("b", set(range(45)))}
+    v = judge(Claim("a beats b", "a", "b", "pgd", "pgd", ">"), outs, "full")
+    assert v.verdict == "reproduced" and v.test == "exact McNemar"
+    assert v.p == pytest.approx(2 / 1024) and v.paired == 100 and v.discordant == (10, 0)
+    assert "intervals overlap" in v.detail and "p = 0.00195" in v.detail
+    assert "decided by the exact McNemar test" in v.detail
+    assert judge(Claim("b beats a", "b", "a", "pgd", "pgd", ">"), outs, "full").verdict == "not reproduced"
+    assert judge(Claim("a <= b", "a", "b", "pgd", "pgd", "<="), outs, "full").verdict == "not reproduced"
+    # 52 vs 50 of 100 with 3 vs 1 discordant images: p = 2 * (1 + 4) / 16 = 0.625, inconclusive
+    outs = {"a": _paired("a", set(range(52))), "b": _paired("b", set(range(49)) | {60})}
+    v = judge(Claim("a beats b", "a", "b", "pgd", "pgd", ">"), outs, "full")
+    assert (v.verdict, v.discordant, v.p) == ("inconclusive", (3, 1), pytest.approx(0.625))
+    # two attacks on one run are paired too (the same rows)
+    one = _paired("a", set(range(30)))
+    assert judge(Claim("clean beats pgd", "a", "a", "clean", "pgd", ">"), {"a": one}, "full").discordant == (70, 0)
+
+
+def test_paired_test_matches_images_by_id_not_by_position():
+    """The right run holds the same images in another order: pairing is by image id."""
+    ids = [f"img{i}" for i in range(100)]
+    left = _paired("a", set(range(55)))
+    rev = list(reversed(ids))  # position j holds image 99 - j; survivors are images 0..44
+    right = _paired("b", {j for j in range(100) if 99 - j < 45}, ids=rev)
+    v = judge(Claim("a beats b", "a", "b", "pgd", "pgd", ">"), {"a": left, "b": right}, "full")
+    assert v.discordant == (10, 0) and v.verdict == "reproduced"
+    # no image in common: no paired test, the intervals decide and say why
+    other = _paired("b", set(range(45)), ids=[f"x{i}" for i in range(100)])
+    v = judge(Claim("a beats b", "a", "b", "pgd", "pgd", ">"), {"a": left, "b": other}, "full")
+    assert v.test == "95% intervals" and v.verdict == "inconclusive" and "share no image id" in v.detail
+
+
+def test_rows_that_disagree_with_the_summary_are_not_paired():
+    o = _paired("a", set(range(55)))
+    o.summary = _summary(60)  # the stored summary says 60 correct; the rows give 55
+    got, why = o.correct_by_image("pgd")
+    assert got is None and "do not add up" in why
 
 
 def test_shipped_protocol_claims_parse():
@@ -319,9 +482,10 @@ def test_reproduce_cli_tiny_protocol(tiny_protocol, tmp_path, capsys):
     res = tmp_path / "res"
     assert main(["reproduce", str(proto), "--scale", "smoke", "--results", str(res)]) == 0
     text = capsys.readouterr().out
-    assert f"skipped {missing}: no shipped weights 'missing'" in text
+    assert f"skipped {missing}:" in text and "no shipped weights 'missing'" in text
     assert "tinyproto at scale smoke: ours vs published" in text and "claims of tinyproto" in text
     assert "tiny is at least as accurate as noisy" in text and "inconclusive" in text and "not evaluated" in text
+    assert "exact McNemar" in text and "decided by" in text and "McNemar p" in text  # the paired test decided
     dirs = sorted(p.name for p in (res / "reproduce" / "tinyproto").iterdir())
     assert len(dirs) == 2 and all((res / "reproduce" / "tinyproto" / d / "summary.json").is_file() for d in dirs)
     # the stored runs feed the leaderboard like any other run
@@ -425,9 +589,7 @@ def test_board_names_runs_with_defense_options(tmp_path):
     """Two configurations of one defense (bench run --defense-opt) are two rows, each named by its options."""
     for i, steps in enumerate((10, 100)):
         d = fake_run(tmp_path / f"r{i}", defense="diffpure", stochastic=True, attacks={"pgd_eot": (40 + i, "pgd", PGD(20, 10))})
-        rec = json.loads((d / "record.json").read_text())
-        rec["defense_options"] = {"steps": steps}
-        (d / "record.json").write_text(json.dumps(rec))
+        edit_record(d, defense_options={"steps": steps})
     (tab,) = board_frames(tmp_path)[0].values()
     ours = set(tab.frame[tab.frame["source"] == "ours"]["defense"])
     assert ours == {"diffpure[steps=10]", "diffpure[steps=100]"}

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.stats import binomtest
 from torch import nn
 
 from benchmark.cli import main
 from benchmark.errors import BenchError
-from benchmark.runner import summarize
+from benchmark.runner import record_hash, summarize
 from benchmark.seeds import generator
-from benchmark.stats import clopper_pearson
 from defenses.base import Defense, Stage, randn
 from leaderboards.board import build_board, family_curves, still_falling
 from leaderboards.plots import curves_from_runs, image_grid, parse_values, plot_accuracy, sweep
@@ -34,7 +34,9 @@ def fake_run(d: Path, *, defense: str, attacks: dict, n: int = 100, clean: int =
             for k, (_, fam, params) in attacks.items()]
     record = {"defense": defense, "defense_info": {"classifier": "toycls"}, "stochastic": stochastic,
               "dataset": "cifar10", "source": "test", "subset": subset or f"first:{n}", "threat": threat,
-              "protocol": None, "scale": scale, "attacks": recs, "eval_repeats": 1, "n": n}
+              "protocol": None, "scale": scale, "attacks": recs, "eval_repeats": 1, "n": n,
+              "ids": [str(i) for i in range(n)], "seed": 0}
+    record["run_hash"] = record_hash(record)  # as the runner writes it: readers refuse unverified records
     rows = []
     for i in range(n):
         r = {"id": str(i), "label": 0, "clean": [0 if i < clean else 1]}
@@ -105,9 +107,10 @@ def test_eps_curve_from_stored_runs(stored):
     assert [round(p.x * 255, 6) for p in c.points] == [2, 4, 8]
     assert [p.acc for p in c.points] == [60.0, 40.0, 5.0]  # 8/255: the lower of the two runs
     assert c.points[-1].run.endswith("a_eps8_again")
-    for p in c.points:  # error bars are the exact Clopper-Pearson interval of correct/n
-        lo, hi = clopper_pearson(p.correct, p.n)
-        assert (p.lo, p.hi) == pytest.approx((100 * lo, 100 * hi))
+    for p in c.points:  # error bars: the exact binomial interval of correct/n, computed here by scipy's binomtest
+        ref = binomtest(p.correct, p.n).proportion_ci(confidence_level=0.95, method="exact")
+        assert (p.lo, p.hi) == pytest.approx((100 * ref.low, 100 * ref.high), abs=1e-9)
+    assert (c.points[0].lo, c.points[0].hi) == pytest.approx((49.7209, 69.6705), abs=1e-3)  # 60/100, literal
     assert c.clean[0] == pytest.approx(88.0)  # the newest contributing run (a_eps8, finished=12)
     assert c.fixed == {"steps": 20, "eot": 1}
     assert c.step == "step 2/255" and "PGD 20 steps, step 2/255" in c.label

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from benchmark.stats import clopper_pearson
+from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUG = "tests/plugins/toy_defenses.py"
@@ -55,7 +54,8 @@ def test_same_seed_gives_byte_identical_results(tmp_path):
     assert 0 < sum(bool(r["pgd_eot"]["preds"]) for r in rows) < 24  # both kinds occur here
     summary = json.loads(fa["summary.json"])
     e = summary["attacks"]["pgd_eot"]
-    assert e["ci95"] == pytest.approx(list(clopper_pearson(e["correct"], 24)))
+    ref = binomtest(e["correct"], 24).proportion_ci(confidence_level=0.95, method="exact")  # computed another way
+    assert e["ci95"] == pytest.approx([ref.low, ref.high], abs=1e-9)
     assert summary["worst_case"]["correct"] <= min(v["correct"] for v in summary["attacks"].values())
     assert summary["stochasticity_gap"] and summary["stochasticity_gap"][0]["dw_box"] == "dwbox_both"
     # a different seed is a different run: the same folder refuses it and stays untouched
@@ -135,21 +135,57 @@ def test_opaque_plugin_gets_fresh_and_eot(tmp_path):
     assert "opaque randomness" in out.stdout
 
 
+SLOW = '''import os, time
+import torch
+from torch import nn
+
+
+class Slow(nn.Module):
+    """A tiny CNN that sleeps SLOW_S seconds per forward pass (0 when unset)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                                 nn.Flatten(), nn.Linear(128, 10))
+
+    def forward(self, x):
+        time.sleep(float(os.environ.get("SLOW_S", "0")))
+        return self.net(x)
+
+
+def slow():
+    return Slow()
+'''
+
+
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
+    """SIGINT mid-run: exit 130, finished batches kept, a hint to resume; the same command resumes.
+
+    The defense sleeps on every forward pass while SLOW_S is set, so after the first batch is
+    stored the run has seconds of work left: the signal always lands mid-run (no race, no skip).
+    The resume runs without the sleep (same run hash: the environment is not configuration)."""
+    plug = tmp_path / "slow_plugin.py"
+    plug.write_text(SLOW)
     d = tmp_path / "int"
-    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "benchmark.cli", *RUN, "--out", str(d)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["run", "--defense", f"{plug}:slow", "--attacks", "pgd", "--steps", "2", "--subset", "first:24",
+            "--batch-size", "4", "--scale", "full", "--quiet", "--out", str(d)]
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "benchmark.cli", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SLOW_S": "0.25"})
     deadline = time.time() + 300
-    while not (d / "batches").is_dir() and time.time() < deadline:  # wait until work has started
-        time.sleep(0.2)
+    while not (d / "batches" / "000000.json").is_file() and time.time() < deadline:  # one batch stored
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first batch was stored"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
-    if proc.returncode == 0:  # finished before the signal landed: nothing to check
-        pytest.skip("run finished before SIGINT")
     assert proc.returncode == 130, err[-2000:]
     assert "run the same command again to resume" in err
-    out = bench(*RUN, "--out", str(d))
-    assert out.returncode == 0 and "resumed" in out.stdout
+    kept = sorted(p.name for p in (d / "batches").glob("*.json"))
+    assert kept and len(kept) < 6 and not (d / "summary.json").exists()
+    out = bench(*args)
+    assert out.returncode == 0 and "resumed" in out.stdout, out.stderr[-2000:]
+    assert len((d / "samples.jsonl").read_text().splitlines()) == 24
 
 
 def test_eps_override_keeps_the_presets_step_ratio():
