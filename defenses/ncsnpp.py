@@ -176,7 +176,7 @@ class NCSNpp(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor) -> Tensor:
         cfg, m = self.cfg, self.all_modules
-        temb = m[1](F.silu(m[0](timestep_embedding(labels, cfg.nf))))
+        temb = m[1](F.silu(m[0](timestep_embedding(labels, cfg.nf).to(m[0].weight.dtype))))
         if not cfg.centered:
             x = 2 * x - 1.0
         i = 3
