@@ -18,6 +18,15 @@ from defenses.edm_unet import EDM_CIFAR10_DDPMPP, EDMPrecond, reduced_config, st
 REF = json.loads((Path(__file__).parent / "data" / "edm_songunet_cifar10.json").read_text())
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions: one thread (two threads spin-wait when the 2-core machine is shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_published_network_size_and_layout_equal_the_authors():
     layout = state_layout(EDM_CIFAR10_DDPMPP)
     assert list(layout) == list(REF["full_layout"]) and {k: list(v) for k, v in layout.items()} == REF["full_layout"]
@@ -100,7 +109,7 @@ def test_bench_run_end_to_end_at_reduced_width(tmp_path, capsys):
     torch.save(EDMPrecond(reduced_config(model_channels=8)).state_dict(), path)
     args = ["run", "--defense", "addt_edm", "--subset", "first:2", "--defense-opt", f"weights={path}", "--defense-opt",
             "model_channels=8", "--defense-opt", "num_blocks=1", "--defense-opt", "num_steps=2", "--defense-opt",
-            "classifier=cifar10_standard", "--scale", "smoke", "--eot", "1", "--eval-repeats", "1", "--attacks", "clean",
+            "classifier=cifar10_standard", "--scale", "smoke", "--eot", "1", "--eval-repeats", "1", "--memory-format", "contiguous", "--attacks", "clean",
             "--quiet", "--out", str(tmp_path / "run")]
     capsys.readouterr()
     assert main(args) == 0, capsys.readouterr().err[-3000:]

@@ -25,6 +25,15 @@ REF = json.loads((Path(__file__).parent / "data" / "score_sde_ncsnpp_cifar10.jso
 SMALL = reduced_config()  # nf 16, 1 res block: the authors' reduced run in the JSON
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions: one thread (two threads spin-wait when the 2-core machine is shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _seeded(scale: float):
     net = NCSNpp(SMALL).eval()
     g = torch.Generator().manual_seed(0)
@@ -236,7 +245,7 @@ def test_bench_run_end_to_end_at_reduced_width(tmp_path, capsys):
     path = tmp_path / "checkpoint_8.pth"
     _score_sde_checkpoint(path, reduced_config(nf=8))
     small = ["--defense-opt", "nf=8", "--defense-opt", "num_res_blocks=1", "--defense-opt", "classifier=cifar10_standard",
-             "--scale", "smoke", "--eot", "1", "--eval-repeats", "1"]
+             "--scale", "smoke", "--eot", "1", "--eval-repeats", "1", "--memory-format", "contiguous"]
     code, _, err = _bench(capsys, "run", "--defense", "diffpure_sde", "--subset", "first:2", "--defense-opt", f"weights={path}",
                           *small, "--defense-opt", "dt=0.1", "--attacks", "fgsm", "--attack-all", "--quiet",
                           "--out", str(tmp_path / "run"))
