@@ -265,3 +265,25 @@ def test_bench_run_end_to_end_at_reduced_width(tmp_path, capsys):
                           f"weights={trunc}", *small, "--attacks", "clean")
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "corrupt checkpoint" in lines[0], err
+
+
+def test_robustbench_standard_classifier_from_a_local_file(tmp_path):
+    """DiffPure's classifier: RobustBench's Linf 'Standard' WRN-28-10 from its checkpoint format ({'state_dict': module.*})."""
+    import benchmark.compat  # noqa: F401
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    from defenses.diffpure_sde import robustbench_standard
+
+    torch.manual_seed(0)
+    ref = model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf]["Standard"]["model"]().eval()
+    assert sum(p.numel() for p in ref.parameters()) == 36_479_194  # WRN-28-10
+    path = tmp_path / "Standard.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+    net, sha = robustbench_standard(path)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), ref(x))
+    assert len(sha) == 64
+    with pytest.raises(BenchError, match="Standard.pt"):
+        robustbench_standard(tmp_path / "absent.pt")
