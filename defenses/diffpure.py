@@ -25,7 +25,10 @@ Registered defenses (CIFAR-10, on the zoo's ``cifar10_standard`` classifier): ``
 ADDT-fine-tuned UNet). Options: ``t_star`` (fraction of T, default 0.1), ``steps`` (denoising
 steps, default all n = t* T as in DiffPure, fewer = evenly strided), ``sampler``, ``weights``
 (shipped name, run folder, or diffusers folder; ``checkpoint`` is an alias), ``classifier``,
-``clip_denoised``, ``grad_checkpoint``.
+``clip_denoised``, ``grad_checkpoint``, ``variance`` (``fixed_small``, the posterior's, default; ``fixed_large``:
+beta, ADDT's ``--fix_type large``). ADDT's DDPM evaluation (``Robustness_test/main_code/ddpm_attack_eval_*.py``:
+diffusers' DDPMScheduler(variance_type="fixed_large"), ``set_timesteps(1000)``, denoise strength 0.1, i.e.
+add_noise at timestep 100 and the 101 steps 100..0) is ``t_star=0.101 variance=fixed_large``.
 """
 from __future__ import annotations
 
@@ -147,8 +150,11 @@ class DiffusionPurifier(Stage):
         sampler: str = "ddpm",
         clip_denoised: bool = True,
         use_checkpoint: bool = True,
+        variance: str = "fixed_small",
     ) -> None:
         super().__init__()
+        if variance not in ("fixed_small", "fixed_large"):
+            raise BenchError(f"variance must be fixed_small (the posterior's, DiffPure) or fixed_large (beta, ADDT's eval), got {variance!r}")
         if sampler not in ("ddpm", "ddim"):
             raise BenchError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         if not 0.0 < float(t_star) <= 1.0:
@@ -165,7 +171,8 @@ class DiffusionPurifier(Stage):
         self.clip_denoised = clip_denoised
         self.use_checkpoint = use_checkpoint
         self.ts = timesteps(self.n, steps)
-        self.coefs = step_coefs(schedule, self.ts)
+        self.variance = variance
+        self.coefs = step_coefs(schedule, self.ts, variance)
         self.noise_names = ("forward", "reverse") if sampler == "ddpm" else ("forward",)
 
     def sample_noise(self, x: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
@@ -189,7 +196,7 @@ class DiffusionPurifier(Stage):
         """The same purifier (shared UNet) with ``steps`` strided denoising steps."""
         return DiffusionPurifier(
             self.unet, self.schedule, t_star=self.t_star, steps=steps, sampler=self.sampler,
-            clip_denoised=self.clip_denoised, use_checkpoint=self.use_checkpoint,
+            clip_denoised=self.clip_denoised, use_checkpoint=self.use_checkpoint, variance=self.variance,
         )
 
     def extra_repr(self) -> str:
@@ -228,7 +235,7 @@ class DiffPureDefense(Defense):
             z = parent_noise["reverse"]
             if z.shape[1] != len(parent_ts):
                 raise ValueError(f"parent reverse noise has {z.shape[1]} steps, expected {len(parent_ts)}")
-            groups = surrogate_noise_weights(pur.schedule, parent_ts, pur.ts)
+            groups = surrogate_noise_weights(pur.schedule, parent_ts, pur.ts, pur.variance)
             out = []
             for j, ws in enumerate(groups):
                 if not ws:
@@ -245,7 +252,8 @@ class DiffPureDefense(Defense):
 # --- registry ----------------------------------------------------------------------------
 # ``checkpoint`` is the CLI's ``--checkpoint PATH`` (a weights folder, same as ``weights``);
 # ``grad_checkpoint`` switches gradient checkpointing (on by default).
-_OPTIONS = ("t_star", "steps", "sampler", "weights", "checkpoint", "classifier", "clip_denoised", "grad_checkpoint")
+_OPTIONS = ("t_star", "steps", "sampler", "weights", "checkpoint", "classifier", "clip_denoised", "grad_checkpoint",
+            "variance")
 
 
 def build(
@@ -275,6 +283,7 @@ def build(
     purifier = DiffusionPurifier(
         unet, schedule, t_star=float(cfg.get("t_star", 0.1)), steps=steps, sampler=sampler,
         clip_denoised=bool(cfg.get("clip_denoised", True)), use_checkpoint=bool(cfg.get("grad_checkpoint", True)),
+        variance=str(cfg.get("variance", "fixed_small")),
     )
     from benchmark.registry import CLASSIFIERS, load_builtins
 
@@ -285,6 +294,8 @@ def build(
         "timesteps": purifier.ts, "weights": source, "classifier": str(cfg.get("classifier", "cifar10_standard")),
         "schedule": schedule.to_dict(),
     }
+    if purifier.variance != "fixed_small":  # recorded only when set, so stored records of the default stay as they were
+        info["variance"] = purifier.variance
     d = DiffPureDefense(classifier, purifier=purifier, name=name, info=info)
     return d.to(device).freeze()
 

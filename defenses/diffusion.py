@@ -78,20 +78,28 @@ class StepCoef:
     s: int
     abar_t: float
     abar_s: float
+    variance: str = "fixed_small"  # diffusers' names: fixed_small = the posterior's, fixed_large = beta (ADDT's eval)
 
     @property
     def ddpm_coefs(self) -> tuple[float, float, float]:
-        """(c_x0, c_xt, sigma): x_s = c_x0 x0_hat + c_xt x_t + sigma z (posterior of the respaced chain)."""
+        """(c_x0, c_xt, sigma): x_s = c_x0 x0_hat + c_xt x_t + sigma z (posterior mean of the respaced chain;
+        sigma^2 the posterior variance, or with ``fixed_large`` beta itself, zero on the step to clean,
+        as diffusers' DDPMScheduler(variance_type="fixed_large"))."""
         beta = 1.0 - self.abar_t / self.abar_s
         c_x0 = self.abar_s**0.5 * beta / (1.0 - self.abar_t)
         c_xt = (self.abar_t / self.abar_s) ** 0.5 * (1.0 - self.abar_s) / (1.0 - self.abar_t)
-        var = beta * (1.0 - self.abar_s) / (1.0 - self.abar_t)
+        if self.variance == "fixed_large":
+            var = beta if self.s >= 0 else 0.0
+        else:
+            var = beta * (1.0 - self.abar_s) / (1.0 - self.abar_t)
         return c_x0, c_xt, max(var, 0.0) ** 0.5
 
 
-def step_coefs(schedule: Schedule, ts: list[int]) -> list[StepCoef]:
+def step_coefs(schedule: Schedule, ts: list[int], variance: str = "fixed_small") -> list[StepCoef]:
+    if variance not in ("fixed_small", "fixed_large"):
+        raise ValueError(f"variance must be fixed_small (posterior) or fixed_large (beta), got {variance!r}")
     nxt = ts[1:] + [-1]
-    return [StepCoef(t, s, schedule.abar(t), schedule.abar(s)) for t, s in zip(ts, nxt)]
+    return [StepCoef(t, s, schedule.abar(t), schedule.abar(s), variance) for t, s in zip(ts, nxt)]
 
 
 def call_eps(model: EpsModel, x: Tensor, t: Tensor, use_checkpoint: bool) -> Tensor:
@@ -139,7 +147,8 @@ def reverse(
     return x
 
 
-def surrogate_noise_weights(schedule: Schedule, parent_ts: list[int], child_ts: list[int]) -> list[list[tuple[int, float]]]:
+def surrogate_noise_weights(schedule: Schedule, parent_ts: list[int], child_ts: list[int],
+                            variance: str = "fixed_small") -> list[list[tuple[int, float]]]:
     """For each step j of a coarser chain (``child_ts``), the parent steps i it covers and their
     weights w_i, such that child_noise_j = sum_i w_i z_i / sqrt(sum_i w_i^2).
 
@@ -149,7 +158,7 @@ def surrogate_noise_weights(schedule: Schedule, parent_ts: list[int], child_ts: 
     composed parent steps are exactly the child step's Gaussian posterior, so the child noise is the
     normalised projection of the parent noise onto it (exactly N(0, 1) for independent z_i).
     """
-    pc = step_coefs(schedule, parent_ts)
+    pc = step_coefs(schedule, parent_ts, variance)
     nxt = child_ts[1:] + [-1]
     groups: list[list[tuple[int, float]]] = []
     for hi, lo in zip(child_ts, nxt):
