@@ -544,6 +544,36 @@ def test_reproduce_cli_tiny_protocol(tiny_protocol, tmp_path, capsys):
     assert sum(len(t.frame[t.frame["source"] == "ours"]) for t in tables) == 2
 
 
+def test_reproduce_judges_each_threat_model_on_its_own_worst_case(tmp_path):
+    """A protocol running the paper's threat model (BPDA) beside ours (exact): worst_case:bpda and
+    worst_case:exact are each the worst case of their own attacks (one attack each here, so they
+    equal those attacks' accuracies), the mixed worst case is not reported, and a claim on
+    worst_case:bpda is judged on the paired images."""
+    proto = tmp_path / "tm.yaml"
+    proto.write_text(f"""name: tmproto
+citation: "a test protocol"
+dataset: cifar10
+threat: linf
+subset: first:8
+attacks: [pgd, pgd_exact]
+attack_overrides:
+  pgd: {{grad_mode: bpda}}
+  pgd_exact: {{preset: pgd, steps: 1, step_size: 0.0001}}
+defenses: ["{PLUG}:noisy"]
+claims:
+  - {{claim: "bpda worst case is at most clean", left: "{PLUG}:noisy", right: "{PLUG}:noisy", left_attack: "worst_case:bpda", right_attack: clean, relation: "<="}}
+  - {{claim: "exact worst case is at most clean", left: "{PLUG}:noisy", right: "{PLUG}:noisy", left_attack: "worst_case:exact", right_attack: clean, relation: "<="}}
+""")
+    rep = reproduce(str(proto), scale="smoke", results=tmp_path / "res", published=load_published(paths=[]))
+    cmp = rep.comparison.set_index("metric")
+    assert "worst_case" not in cmp.index
+    assert cmp.loc["worst_case:bpda", "ours"] == pytest.approx(cmp.loc["pgd", "ours"])
+    assert cmp.loc["worst_case:exact", "ours"] == pytest.approx(cmp.loc["pgd_exact", "ours"])
+    assert cmp.loc["pgd_exact", "ours"] > cmp.loc["pgd", "ours"]  # a 1e-4 step barely moves the images
+    for v in rep.verdicts:
+        assert v.test == "exact McNemar" and v.paired == 8, v.detail
+
+
 def test_reproduce_compares_with_published(tiny_protocol, tmp_path):
     import yaml
 
