@@ -25,6 +25,13 @@ FAMILY_LABELS = {"autoattack": "AutoAttack", "pgd": "PGD", "fgsm": "FGSM", "cw":
                  "dwbox": "DW-box", "bpda": "BPDA+EOT", "other": "other"}
 FORMATS = ("md", "csv", "html", "json")
 
+# What the attacker differentiates: every board table holds one of these, never two (AToP Sec. 4.3
+# attacks "the classifier model" with BPDA through the purifier; our default is exact gradients
+# through the whole defense; a stronger threat model must not share a column with a weaker one).
+THREAT_MODELS = {"exact": "exact gradients through the whole defense",
+                 "bpda": "BPDA: identity backward through the purifier (attacking the classifier)",
+                 None: "gradients not stated by the source"}
+
 
 # ----------------------------------------------------------------------- helpers
 def eot_of(params: dict[str, Any]) -> int:
@@ -46,13 +53,18 @@ def attack_family(a: dict[str, Any]) -> str:
         return fam
     if "fixed" in str(p.get("noise_policy", "")):
         return "dwbox"
-    if p.get("grad_mode") == "bpda":
-        return "bpda"
     if p.get("loss") == "cw":
         return "cw"
     if p.get("steps") == 1:
         return "fgsm"
     return "pgd" if fam == "pgd" else "other"
+
+
+def threat_model_of(a: dict[str, Any]) -> str:
+    """The threat model (a key of :data:`THREAT_MODELS`) of a recorded attack: its gradient mode.
+    (BPDA used to be a column of its own; it is now a table of its own, with FGSM, PGD and CW
+    columns like the exact-gradient one.)"""
+    return "bpda" if a.get("params", {}).get("grad_mode") == "bpda" else "exact"
 
 
 def eps_text(eps: float | None, threat: str) -> str:
@@ -108,6 +120,7 @@ class Entry:
     gaps: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    threat_model: str | None = "exact"  # a key of THREAT_MODELS: all of the entry's attacks share it
 
 
 def run_attacks(run: StoredRun) -> list[dict[str, Any]]:
@@ -131,11 +144,53 @@ def run_attacks(run: StoredRun) -> list[dict[str, Any]]:
             extra = str(p.get("noise_policy", "")).split("+")[0]
         elif fam == "autoattack":
             extra = str(p.get("version", ""))
-        attacks.append({"name": name, "family": fam, "eps": p.get("eps"), "steps": p.get("steps"), "eot": eot_of(p),
+        attacks.append({"name": name, "family": fam, "threat_model": threat_model_of(a), "eps": p.get("eps"), "steps": p.get("steps"), "eot": eot_of(p),
                         "acc": pct(s["accuracy"]), "ci": (pct(s["ci95"][0]), pct(s["ci95"][1])),
                         "correct": s.get("correct"), "n": s.get("n"),
                         "budget": _budget_text(name, p.get("steps"), eot_of(p), extra)})
     return attacks
+
+
+def entries_from_run(run: StoredRun) -> list[Entry]:
+    """The run's board entries: one per threat model among its attacks (a run with exact and BPDA
+    attacks gives two rows, each with the worst case of its own attacks: the summary's
+    ``worst_case_by_grad_mode``, or recomputed from the per-image rows for a run stored before it)."""
+    attacks = run_attacks(run)
+    models = list(dict.fromkeys(a["threat_model"] for a in attacks))
+    if len(models) <= 1:
+        e = entry_from_run(run)
+        e.threat_model = models[0] if models else "exact"
+        return [e]
+    by_mode = run.summary.get("worst_case_by_grad_mode")
+    if not isinstance(by_mode, dict):
+        by_mode = _resummarized_worst(run)
+    out = []
+    for tm in models:
+        e = entry_from_run(run)
+        e.threat_model = tm
+        e.attacks = [a for a in e.attacks if a["threat_model"] == tm]
+        keep = {a["name"] for a in e.attacks}
+        e.gaps = [g for g in e.gaps if all(part.split(":")[0].strip() in keep for part in g.split(" - "))]
+        wc = (by_mode or {}).get(tm)
+        if wc is None:
+            e.worst, e.worst_ci = None, None
+            e.notes.append("worst case of this threat model not available (no per-image rows)")
+        else:
+            e.worst = 100.0 * float(wc["accuracy"])
+            e.worst_ci = (100.0 * float(wc["ci95"][0]), 100.0 * float(wc["ci95"][1]))
+        out.append(e)
+    return out
+
+
+def _resummarized_worst(run: StoredRun) -> dict[str, Any] | None:
+    """``worst_case_by_grad_mode`` of a run stored before the runner wrote it, from its rows."""
+    from benchmark.results import RunStore
+    from benchmark.runner import summarize
+
+    try:
+        return summarize(RunStore(run.dir).read_samples(), run.record).get("worst_case_by_grad_mode")
+    except (BenchError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def entry_from_run(run: StoredRun) -> Entry:
@@ -187,7 +242,7 @@ def entries_from_published(df: pd.DataFrame) -> list[Entry]:
     """Group published rows (one per attack) into entries: same file, table and group, in one
     dataset, threat and eps."""
     out = []
-    keys = ["file", "table", "group", "dataset", "threat", "eps"]
+    keys = ["file", "table", "group", "dataset", "threat", "eps", "grad_mode"]
     for _, g in df.groupby(keys, sort=False, dropna=False):
         first = g.iloc[0]
         ns = {int(v) for v in g["n"].dropna()}
@@ -210,6 +265,7 @@ def entries_from_published(df: pd.DataFrame) -> list[Entry]:
             citation=f"{first['paper']}, {first['table']}, row {rows}", n=n, clean=clean,
             clean_ci=approx_interval(clean, n) if clean is not None else None, attacks=attacks,
             worst=worst, worst_ci=approx_interval(worst, n), approx=True,
+            threat_model=None if pd.isna(first["grad_mode"]) else str(first["grad_mode"]),
         )
         if len(g) > 1:
             e.notes.append("worst case = lowest of the attacks this table reports")
@@ -284,12 +340,14 @@ class BoardTable:
     scale: str
     frame: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    threat_model: str | None = "exact"
 
     @property
     def title(self) -> str:
         sc = ("full (the published setting)" if self.scale == "full" else
               f"{self.scale} (reduced budget: not comparable to published)")
-        return f"{self.dataset} | {self.threat} eps={eps_text(self.eps, self.threat)} | scale {sc}"
+        return (f"{self.dataset} | {self.threat} eps={eps_text(self.eps, self.threat)} | scale {sc} | "
+                f"{THREAT_MODELS.get(self.threat_model, str(self.threat_model))}")
 
 
 def _frame(entries: list[Entry]) -> pd.DataFrame:
@@ -326,7 +384,7 @@ def build_board(dataset: str, threat: str | None = None, results: str = "runs", 
         raise BenchError(f"unknown threat {threat!r}; choose from {', '.join(THREATS)}")
     pub = load_published(dataset) if published is None else published[published["dataset"] == dataset]
     runs, notes = find_runs(results)
-    ours = [entry_from_run(r) for r in runs if r.record.get("dataset") == dataset]
+    ours = [e for r in runs if r.record.get("dataset") == dataset for e in entries_from_run(r)]
     if not ours:
         notes.append(f"no local run for {dataset} under {results}/: only published rows are shown")
     entries = ours + entries_from_published(pub)
@@ -334,13 +392,15 @@ def build_board(dataset: str, threat: str | None = None, results: str = "runs", 
         entries = [e for e in entries if e.threat == threat]
     groups: dict[tuple, list[Entry]] = {}
     for e in entries:
-        key = (e.threat, None if e.eps is None else round(e.eps, 5), e.scale)
+        key = (e.threat, None if e.eps is None else round(e.eps, 5), e.scale, e.threat_model)
         groups.setdefault(key, []).append(e)
     order = {t: i for i, t in enumerate(THREATS)}
+    tm_order = {m: i for i, m in enumerate(THREAT_MODELS)}
     tables = []
-    for (thr, _, scale), es in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][2] != "full",
-                                                                     kv[0][2], kv[0][1] or 0)):
-        t = BoardTable(dataset, thr, es[0].eps, scale, _frame(es))
+    for (thr, _, scale, tm), es in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][2] != "full",
+                                                                         kv[0][2], kv[0][1] or 0,
+                                                                         tm_order.get(kv[0][3], 9))):
+        t = BoardTable(dataset, thr, es[0].eps, scale, _frame(es), threat_model=tm)
         if not any(e.source == "ours" for e in es):
             t.notes.append("no local run in this setting")
         if not any(e.source == "published" for e in es):

@@ -32,7 +32,10 @@ REQUIRED: dict[str, bool] = {  # key -> may be null
     "attack": False, "family": False, "steps": True, "eot": True, "n": True,
     "classifier": False, "defense": False, "clean": True, "robust": False,
 }
-OPTIONAL = ("group", "extra_data", "note", "ours", "protocol", "protocol_attack")
+OPTIONAL = ("group", "extra_data", "note", "ours", "protocol", "protocol_attack", "grad_mode")
+# what the paper's attacker differentiates (leaderboards.board.THREAT_MODELS): exact gradients through
+# the whole defense, or BPDA through the purifier; absent = exact (the default white box)
+GRAD_MODES = ("exact", "bpda")
 COLUMNS = [*REQUIRED, *OPTIONAL, "eps_text", "citation", "file"]
 
 
@@ -95,6 +98,10 @@ def validate_row(row: dict[str, Any], where: str) -> dict[str, Any]:
     out["clean"] = None if row["clean"] is None else _percent(row["clean"], "clean", where)
     for key in ("steps", "eot", "n"):
         out[key] = None if row[key] is None else _count(row[key], key, where)
+    if row.get("grad_mode", "exact") not in (*GRAD_MODES, None):
+        raise BenchError(f"{where}: grad_mode must be one of {', '.join(GRAD_MODES)} or null (not stated), "
+                         f"got {row['grad_mode']!r}")
+    out["grad_mode"] = row.get("grad_mode", "exact")
     if row.get("extra_data") is not None and not isinstance(row["extra_data"], bool):
         raise BenchError(f"{where}: extra_data must be true, false or null, got {row['extra_data']!r}")
     for key in ("group", "note", "ours", "protocol", "protocol_attack"):

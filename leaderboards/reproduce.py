@@ -21,7 +21,9 @@ the verdict says so: every verdict names the test that decided it.
 
 A claim is ``{claim: text, left: DEFENSE, right: DEFENSE, attack: NAME, relation: ">="}``
 (``>=``, ``>``, ``<=``, ``<``); ``attack`` is one of the protocol's attacks, ``clean`` or
-``worst_case``, or give ``left_attack`` / ``right_attack`` to compare two attacks.
+``worst_case`` (or ``worst_case:bpda`` / ``worst_case:exact``: the worst case of one threat
+model's attacks, for a protocol that runs the paper's threat model beside ours), or give
+``left_attack`` / ``right_attack`` to compare two attacks.
 """
 from __future__ import annotations
 
@@ -75,15 +77,15 @@ class Outcome:
             try:
                 for r in self.rows:
                     one = summarize([r], self.record)
-                    for m in ("clean", "worst_case", *one.get("attacks", {})):
-                        e = _metric(one, m)
+                    for m in ("clean", "worst_case", *WORST_BY_MODE, *one.get("attacks", {})):
+                        e = _metric(one, m, self.record)
                         if e is not None:
                             by.setdefault(m, {})[str(r["id"])] = bool(e["correct"])
             except (KeyError, TypeError, ValueError, IndexError) as e:
                 return None, f"{self.defense}'s rows could not be scored ({type(e).__name__})"
             self._by_image = by
         got = self._by_image.get(metric)
-        stored = _metric(self.summary or {}, metric)
+        stored = _metric(self.summary or {}, metric, self.record)
         if got is None or stored is None:
             return None, f"{self.defense} has no per-image {metric} outcome"
         if len(got) != stored.get("n") or sum(got.values()) != stored.get("correct"):
@@ -114,7 +116,7 @@ class Report:
 
 def parse_claims(protocol: Any) -> list[Claim]:
     """The protocol's claims, checked; BenchError names the claim and the problem."""
-    metrics = {"clean", "worst_case", *protocol.attacks}
+    metrics = {"clean", "worst_case", *WORST_BY_MODE, *protocol.attacks}
     out = []
     for i, raw in enumerate(protocol.claims or []):
         where = f"protocol {protocol.name} claim {i + 1}"
@@ -139,8 +141,24 @@ def parse_claims(protocol: Any) -> list[Claim]:
     return out
 
 
-def _metric(summary: dict[str, Any], name: str) -> dict[str, Any] | None:
-    return summary.get("worst_case") if name == "worst_case" else summary.get("attacks", {}).get(name)
+GRAD_MODES = ("exact", "bpda")
+WORST_BY_MODE = tuple(f"worst_case:{gm}" for gm in GRAD_MODES)  # the worst case of one threat model's attacks
+
+
+def _metric(summary: dict[str, Any], name: str, record: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The summary entry of ``name``: an attack, ``clean``, ``worst_case``, or ``worst_case:<grad
+    mode>`` (the summary's per-threat-model worst case; the plain worst case when every attack of
+    the ``record`` has that gradient mode)."""
+    if name == "worst_case":
+        return summary.get("worst_case")
+    if name.startswith("worst_case:"):
+        gm = name.split(":", 1)[1]
+        by = summary.get("worst_case_by_grad_mode")
+        if isinstance(by, dict):
+            return by.get(gm)
+        modes = {str(a.get("params", {}).get("grad_mode", "exact")) for a in (record or {}).get("attacks", [])}
+        return summary.get("worst_case") if modes == {gm} else None
+    return summary.get("attacks", {}).get(name)
 
 
 def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str) -> Verdict:
@@ -156,7 +174,7 @@ def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str) -> Verdict:
             return Verdict(claim, "not evaluated", f"{name} was not run (not among the selected defenses)")
         if o.skipped:
             return Verdict(claim, "not evaluated", f"{name} skipped: {o.skipped}")
-        m = _metric(o.summary or {}, attack)
+        m = _metric(o.summary or {}, attack, o.record)
         if m is None:
             return Verdict(claim, "not evaluated", f"{name} has no {attack} result")
         sides.append((name, attack, 100 * m["accuracy"], 100 * m["ci95"][0], 100 * m["ci95"][1]))
@@ -198,7 +216,7 @@ def comparison(protocol: Any, outcomes: list[Outcome], published: pd.DataFrame) 
     rows = []
     for o in outcomes:
         mine = pub[pub["ours"] == o.defense] if len(pub) else pub
-        for metric in ("clean", *protocol.attacks, "worst_case"):
+        for metric in ("clean", *protocol.attacks, "worst_case", *WORST_BY_MODE):
             if metric == "clean":
                 vals = [v for v in mine["clean"].dropna()] if len(mine) else []
                 p_val, p_cite = (float(vals[0]), mine[mine["clean"].notna()].iloc[0]["citation"]) if vals else (None, "")
@@ -211,7 +229,9 @@ def comparison(protocol: Any, outcomes: list[Outcome], published: pd.DataFrame) 
                                    "ci95_hi": None, "n": None, "published": p_val, "delta": None,
                                    "published_in_ci": None, "citation": p_cite,
                                    "status": "skipped (see notes)" if o.skipped else ""}
-            m = _metric(o.summary or {}, metric) if not o.skipped else None
+            if metric == "worst_case" and "worst_case_by_grad_mode" in (o.summary or {}):
+                continue  # a run mixing threat models: only each threat model's own worst case is shown
+            m = _metric(o.summary or {}, metric, o.record) if not o.skipped else None
             if m is not None:
                 row.update(ours=100 * m["accuracy"], ci95_lo=100 * m["ci95"][0], ci95_hi=100 * m["ci95"][1], n=m["n"])
                 if p_val is not None:

@@ -217,6 +217,68 @@ def test_rbgm_keeps_an_exact_normal_sample_set_in_delta_order():
     assert torch.equal(out.reshape(3, 2, 64).argsort(-1), delta.reshape(3, 2, 64).argsort(-1))
 
 
+def _reference_guidance(model, clf, x0, y, t, abar, r, g, iters):
+    """ADDT's guidance loop as LYMDLUT/ADDT train_DDPM_DDIM_ADDT/train_ADDT.py writes it (its sort /
+    sort / gather form of RBGM on the running gradient sum, no clamp, model left in train mode),
+    with our generator for its draws, in its order."""
+    sa, s1a, rr = abar.sqrt().view(-1, 1, 1, 1), (1 - abar).sqrt().view(-1, 1, 1, 1), r.view(-1, 1, 1, 1)
+    delta = torch.randn(x0.shape, generator=g)
+    acc = 0
+    for _ in range(iters):
+        delta.requires_grad = True
+        noise = torch.randn(x0.shape, generator=g)
+        noisy = sa * x0 + s1a * (noise * (1 - rr ** 2) ** 0.5 + delta * rr)
+        pred = model(noisy, t)
+        orig = (noisy - s1a * pred) / sa
+        loss = nn.functional.cross_entropy(clf(orig / 2 + 0.5), y)
+        loss.backward()
+        acc = acc + delta.grad.detach()
+        with torch.no_grad():
+            pn = torch.randn(delta.shape, generator=g)
+            pn = torch.sort(pn.reshape(pn.shape[0] * pn.shape[1], -1))[0]
+            order = torch.sort(torch.sort(acc.reshape(acc.shape[0] * acc.shape[1], -1))[1])[1]
+            delta = torch.gather(pn, 1, order).reshape(x0.shape).detach()
+    return delta
+
+
+def test_addt_guidance_matches_the_reference_trainer():
+    """5 iterations, one eps each, delta = RBGM of the *summed* gradient, no x0 clamp, dropout on:
+    equal (up to float summation order) to the reference loop above. The earlier sign-step,
+    clamped, eval-mode variant gives another delta."""
+    from benchmark.train.addt import ADDTTrainConfig, classifier_guided_delta, mix_ratio
+
+    cfg = ADDTTrainConfig()
+    assert (cfg.cgpo_iters, cfg.eot, cfg.x0_clamp, cfg.cgpo_train_mode, cfg.t_max) == (5, 1, False, True, 1000)
+    s = Schedule()
+    m = UNet(UNetConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, mid_attn=True, attn_levels=(1,), dropout=0.3,
+                        patch=2, groups=4)).eval()
+    with torch.no_grad():  # a fresh UNet's zero-initialised output layer would hide the eps_theta path
+        for i, p in enumerate(m.parameters()):
+            p.add_(0.05 * torch.randn(p.shape, generator=gen(100 + i)))
+    torch.manual_seed(3)  # a smooth classifier: no exact ties in the gradient, so the rank order is unique
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 32), nn.Tanh(), nn.Linear(32, 10)).eval()
+    g = gen(40)
+    x0 = (torch.rand(4, 3, 16, 16, generator=g) * 2.6 - 1.3).clamp(-1, 1)  # saturated pixels: a clamp would matter
+    y = torch.tensor([1, 4, 7, 9])
+    t = torch.tensor([3, 40, 200, 900])
+    abar = s.alpha_bar[t].float()
+    r = mix_ratio(abar, 0.03, 0.3)
+
+    def ours(**kw) -> torch.Tensor:
+        torch.manual_seed(5)  # dropout draws from the global RNG
+        return classifier_guided_delta(m, clf, x0, y, t, abar, r, iters=5, eot=1, generator=gen(41), amp=False, **kw)
+
+    got = ours()
+    assert not m.training  # mode restored
+    m.train()
+    torch.manual_seed(5)
+    ref = _reference_guidance(m, clf, x0, y, t, abar, r, gen(41), iters=5)
+    m.eval()
+    assert torch.equal(got, ref)
+    assert (ours(x0_clamp=True) == ref).float().mean() < 0.5  # the earlier clamp changes delta
+    assert (ours(train_mode=False) == ref).float().mean() < 0.5  # so does switching dropout off
+
+
 def test_ddpm_and_addt_steps_lower_the_loss_on_a_fixed_batch():
     from benchmark.train.addt import ADDTTrainConfig, addt_loss
 

@@ -53,6 +53,11 @@ def fake_run(d: Path, *, defense: str, n: int = 100, clean: int = 90, attacks: d
     return d
 
 
+def with_samples(d: Path, rows: list[dict]) -> Path:
+    (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
 def edit_record(d: Path, **changes) -> None:
     """Change a stored record as a run with those settings would have written it (hash included)."""
     rec = json.loads((d / "record.json").read_text())
@@ -86,9 +91,10 @@ def results(tmp_path_factory):
     return root
 
 
-def board_frames(results_dir, dataset="cifar10", threat=None):
+def board_frames(results_dir, dataset="cifar10", threat=None, threat_model="exact"):
     tables, notes = build_board(dataset, threat, str(results_dir))
-    return {t.scale: t for t in tables if t.threat == (threat or t.threat) and abs((t.eps or 0) - 8 / 255) < 1e-6}, notes
+    return {t.scale: t for t in tables if t.threat == (threat or t.threat) and abs((t.eps or 0) - 8 / 255) < 1e-6
+            and t.threat_model == threat_model}, notes
 
 
 # ------------------------------------------------------------------ published data
@@ -143,6 +149,51 @@ def test_published_schema_rejects(tmp_path, change, message):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"defaults": {"paper": "P"}, "rows": [dict(BASE)]}))
     assert load_published(paths=[good])["eps"].iloc[0] == pytest.approx(8 / 255)
+
+
+# ------------------------------------------------------------------ leaderboard
+def test_board_never_puts_two_threat_models_in_one_table(tmp_path):
+    """A run with exact-gradient and BPDA attacks gives one row in each threat model's table, each
+    with the worst case of its own attacks (recomputed from the per-image rows, checked here by
+    counting); AToP Table 7 (BPDA through the purifier, Sec. 4.3) sits only in the BPDA table, and
+    its Table 8 (gradients not stated) in a table of its own."""
+    d = fake_run(tmp_path / "runs" / "both", defense="mixed", n=100, clean=90, attacks={
+        "pgd": (30, "pgd", {"steps": 20, "grad_mode": "exact"}),
+        "pgd_bpda": (60, "pgd", {"steps": 20, "grad_mode": "bpda"}),
+        "fgsm_bpda": (70, "pgd", {"steps": 1, "grad_mode": "bpda"})})
+    rows = [{"id": str(i), "label": 0, "clean": [0 if i < 90 else 1],
+             # images 0-29 survive exact PGD; BPDA-PGD spares 10-69, BPDA-FGSM spares 0-69
+             "pgd": {"preds": [0 if i < 30 else 1], "norm": 0.0},
+             "pgd_bpda": {"preds": [0 if 10 <= i < 70 else 1], "norm": 0.0},
+             "fgsm_bpda": {"preds": [0 if i < 70 else 1], "norm": 0.0}} for i in range(100)]
+    with_samples(d, rows)
+    tables, _ = build_board("cifar10", "linf", str(tmp_path / "runs"))
+    for t in tables:  # one threat model per table, named in its title
+        assert t.threat_model in ("exact", "bpda", None)
+    full = {t.threat_model: t for t in tables if t.scale == "full" and abs((t.eps or 0) - 8 / 255) < 1e-6}
+    ex = full["exact"].frame
+    bp = full["bpda"].frame
+    assert "BPDA" in full["bpda"].title and "exact gradients" in full["exact"].title
+    m_ex, m_bp = ex[ex["defense"] == "mixed"].iloc[0], bp[bp["defense"] == "mixed"].iloc[0]
+    assert m_ex["worst case"] == pytest.approx(30.0)  # images 0-29
+    assert m_bp["worst case"] == pytest.approx(60.0)  # images 10-69 (both BPDA attacks), not min(60, 70)+exact
+    assert m_ex["budget"] == "pgd 20 steps" and "pgd_bpda" in m_bp["budget"] and "pgd_bpda" not in m_ex["budget"]
+    lo, hi = clopper_pearson(60, 100)
+    assert (m_bp["ci95_lo"], m_bp["ci95_hi"]) == pytest.approx((100 * lo, 100 * hi))
+    # a run stored before the summary held worst_case_by_grad_mode: recomputed from its rows
+    summ = json.loads((d / "summary.json").read_text())
+    assert set(summ.pop("worst_case_by_grad_mode")) == {"exact", "bpda"}
+    (d / "summary.json").write_text(json.dumps(summ))
+    again = {t.threat_model: t.frame for t in build_board("cifar10", "linf", str(tmp_path / "runs"))[0]
+             if t.scale == "full" and abs((t.eps or 0) - 8 / 255) < 1e-6}
+    assert again["bpda"][again["bpda"]["defense"] == "mixed"].iloc[0]["worst case"] == pytest.approx(60.0)
+    # AToP Table 7 is in the BPDA table only
+    assert (bp["citation"].str.contains("Table 7")).any()
+    assert not ex["citation"].str.contains("Table 7").any()
+    # AToP Table 8 (l2): gradients not stated, its own table
+    l2 = [t for t in build_board("cifar10", "l2", str(tmp_path / "runs"))[0] if t.scale == "full"]
+    t8 = [t for t in l2 if t.frame["citation"].str.contains("Table 8").any()]
+    assert len(t8) == 1 and t8[0].threat_model is None and "not stated" in t8[0].title
 
 
 # ------------------------------------------------------------------ leaderboard
@@ -491,6 +542,36 @@ def test_reproduce_cli_tiny_protocol(tiny_protocol, tmp_path, capsys):
     # the stored runs feed the leaderboard like any other run
     tables, _ = build_board("cifar10", "linf", str(res))
     assert sum(len(t.frame[t.frame["source"] == "ours"]) for t in tables) == 2
+
+
+def test_reproduce_judges_each_threat_model_on_its_own_worst_case(tmp_path):
+    """A protocol running the paper's threat model (BPDA) beside ours (exact): worst_case:bpda and
+    worst_case:exact are each the worst case of their own attacks (one attack each here, so they
+    equal those attacks' accuracies), the mixed worst case is not reported, and a claim on
+    worst_case:bpda is judged on the paired images."""
+    proto = tmp_path / "tm.yaml"
+    proto.write_text(f"""name: tmproto
+citation: "a test protocol"
+dataset: cifar10
+threat: linf
+subset: first:8
+attacks: [pgd, pgd_exact]
+attack_overrides:
+  pgd: {{grad_mode: bpda}}
+  pgd_exact: {{preset: pgd, steps: 1, step_size: 0.0001}}
+defenses: ["{PLUG}:noisy"]
+claims:
+  - {{claim: "bpda worst case is at most clean", left: "{PLUG}:noisy", right: "{PLUG}:noisy", left_attack: "worst_case:bpda", right_attack: clean, relation: "<="}}
+  - {{claim: "exact worst case is at most clean", left: "{PLUG}:noisy", right: "{PLUG}:noisy", left_attack: "worst_case:exact", right_attack: clean, relation: "<="}}
+""")
+    rep = reproduce(str(proto), scale="smoke", results=tmp_path / "res", published=load_published(paths=[]))
+    cmp = rep.comparison.set_index("metric")
+    assert "worst_case" not in cmp.index
+    assert cmp.loc["worst_case:bpda", "ours"] == pytest.approx(cmp.loc["pgd", "ours"])
+    assert cmp.loc["worst_case:exact", "ours"] == pytest.approx(cmp.loc["pgd_exact", "ours"])
+    assert cmp.loc["pgd_exact", "ours"] > cmp.loc["pgd", "ours"]  # a 1e-4 step barely moves the images
+    for v in rep.verdicts:
+        assert v.test == "exact McNemar" and v.paired == 8, v.detail
 
 
 def test_reproduce_compares_with_published(tiny_protocol, tmp_path):

@@ -7,19 +7,31 @@ training (ADDT), and Rank-Based Gaussian Mapping (RBGM) "to make perturbations m
 with the diffusion models". The paper body is not in our copy; the concrete recipe below is the
 one fixed by the project's issue, and the choices it leaves open are marked "ours":
 
-1. Sample x0, a timestep t (as the DDPM config: mostly t < t_max) and r = clamp(r_scale *
-   sqrt(abar_t) / sqrt(1 - abar_t), 0, r_max) (r_scale = 0.03, r_max = 0.3). In image space the
-   perturbation is then sqrt(1 - abar_t) r delta_g ~ 0.03 sqrt(abar_t) delta_g: a fixed-size
-   perturbation of the clean-image component, capped at high SNR.
-2. Classifier-guided perturbation: delta starts as a fresh N(0,1) draw and is refined for
-   ``cgpo_iters`` iterations; each backpropagates the classifier's cross-entropy through the
-   one-step prediction x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t), with
-   x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t)(sqrt(1 - r^2) eps + r delta), averaged over ``eot``
-   fresh eps draws (EOT); the step is delta + delta_step * sign(grad) (ours), followed by RBGM.
+1. Sample x0, a timestep t uniformly over [0, T) as the reference does (``t_max = T``; our DDPM
+   was pre-trained with most t < 300, ``t_max``/``t_full_frac`` keep that option) and
+   r = clamp(r_scale * sqrt(abar_t) / sqrt(1 - abar_t), 0, r_max) (r_scale = 0.03, r_max = 0.3).
+   In image space the perturbation is then sqrt(1 - abar_t) r delta_g ~ 0.03 sqrt(abar_t) delta_g:
+   a fixed-size perturbation of the clean-image component, capped at high SNR.
+2. Classifier-guided perturbation, as ADDT's reference trainer (LYMDLUT/ADDT
+   ``train_DDPM_DDIM_ADDT/train_ADDT.py``) runs it: delta starts as a fresh N(0,1) draw; each of
+   ``cgpo_iters`` (5) iterations draws ``eot`` (1) fresh eps, builds
+   x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t)(sqrt(1 - r^2) eps + r delta), backpropagates the
+   classifier's cross-entropy through the one-step prediction
+   x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t) (not clamped: a clamp
+   cuts the gradient of saturated pixels), adds the gradient to a running sum, and sets
+   delta = RBGM(running sum): fresh N(0,1) values in the rank order of the *accumulated* gradient.
+   The UNet stays in train mode (its dropout is active) during these passes, as in the reference.
 3. RBGM: per image and channel, fresh N(0,1) values are sorted and placed in the rank order of
-   delta, so delta_g is an exact N(0,1) sample set ordered like the perturbation.
+   the given tensor, so delta_g is an exact N(0,1) sample set ordered like it.
 4. The UNet trains with MSE against the mixed noise eps_mix = sqrt(1 - r^2) eps + r delta_g
-   (fresh eps), from which x_t is built; EMA weights are shipped like the DDPM's.
+   (fresh eps), from which x_t is built; gradients clipped at norm 1; EMA weights are shipped like
+   the DDPM's.
+
+Deviations we keep, and why: our 1.07M-parameter UNet instead of the diffusers
+google/ddpm-cifar10-32 one (35.7M params, ~100x the FLOPs: unattackable on a CPU; see
+``defenses/unet.py``), the zoo's ``cifar10_standard`` classifier instead of the authors'
+WRN-28-10 ``origin.t7``, and a constant EMA decay instead of diffusers' EMA warm-up (inv_gamma 1,
+power 3/4, max 0.9999). The optimiser settings are in the configs.
 
 Initialisation: our DDPM (``init``: a `bench train ddpm` run folder or a shipped name). The
 classifier: ``classifier_run`` (a classifier training run folder) or ``$CLASSIFIER_RUN``, or a
@@ -60,13 +72,14 @@ class ADDTTrainConfig:
     init: str = "runs/ddpm/ddpm_cifar10"  # DDPM run folder (weights.safetensors) or shipped name
     classifier_run: str = ""  # classifier run folder; "" = $CLASSIFIER_RUN
     classifier: str = ""  # or a registered classifier name (e.g. cifar10_standard) when no run folder is given
-    t_max: int = 300
-    t_full_frac: float = 0.1
+    t_max: int = 1000  # = T: t uniform over [0, T) as in the reference trainer
+    t_full_frac: float = 0.0
     r_scale: float = 0.03  # r = clamp(r_scale * sqrt(abar) / sqrt(1 - abar), 0, r_max)
     r_max: float = 0.3
-    cgpo_iters: int = 3  # refinement iterations of the classifier-guided perturbation
-    eot: int = 2  # eps draws averaged per iteration
-    delta_step: float = 0.5  # sign-gradient step on delta (in N(0,1) units) before each RBGM
+    cgpo_iters: int = 5  # refinement iterations of the classifier-guided perturbation (reference: 5)
+    eot: int = 1  # eps draws per iteration, their gradients summed (reference: 1)
+    x0_clamp: bool = False  # clamp the one-step x0 prediction to [-1, 1] (reference: no; a clamp cuts gradients)
+    cgpo_train_mode: bool = True  # UNet in train mode (dropout on) during the guidance passes (reference: yes)
     adv_frac: float = 1.0  # fraction of each batch trained on the perturbed noise (rest: plain DDPM loss)
     batch_size: int = 256
     lr: float = 1e-4
@@ -119,32 +132,43 @@ def mix_ratio(abar: Tensor, r_scale: float, r_max: float) -> Tensor:
 
 def classifier_guided_delta(
     model: nn.Module, classifier: nn.Module, x0: Tensor, y: Tensor, t: Tensor, abar: Tensor, r: Tensor,
-    *, iters: int, eot: int, step: float, generator: torch.Generator, amp: bool,
+    *, iters: int, eot: int, generator: torch.Generator, amp: bool, x0_clamp: bool = False,
+    train_mode: bool = True,
 ) -> Tensor:
-    """delta_g after ``iters`` sign-gradient steps on the classifier's CE through the one-step
-    x0 prediction (EOT over ``eot`` eps draws), each followed by RBGM. Gradients flow to delta
-    only (model and classifier parameters are untouched)."""
+    """delta_g after ``iters`` guidance iterations: each sums the input gradient of the classifier's
+    CE through the one-step x0 prediction (``eot`` fresh eps draws) into a running total and sets
+    delta = RBGM(total). Gradients flow to delta only (model and classifier parameters are untouched);
+    ``train_mode`` keeps the UNet's dropout active, as the reference trainer does."""
     was_training = model.training
-    model.eval()
+    model.train(train_mode)
     b = x0.shape[0]
     view = (-1, 1, 1, 1)
     sa, s1a, rr = abar.sqrt().view(view), (1.0 - abar).sqrt().view(view), r.view(view)
-    delta = rbgm(torch.randn(x0.shape, generator=generator, device=x0.device), generator)
-    for _ in range(iters):
-        d = delta.detach().requires_grad_(True)
-        eps = torch.randn((eot * b, *x0.shape[1:]), generator=generator, device=x0.device)
-        rep = lambda v: v.repeat(eot, *([1] * (v.dim() - 1)))  # noqa: E731
-        noise = (1.0 - rep(rr) ** 2).sqrt() * eps + rep(rr) * rep(d)
-        xt = rep(sa) * rep(x0) + rep(s1a) * noise
-        with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=amp):
-            eps_pred = model(xt, rep(t))
-        x0_hat = ((xt - rep(s1a) * eps_pred.float()) / rep(sa)).clamp(-1.0, 1.0)
-        with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = classifier((x0_hat + 1.0) / 2.0)
-        loss = F.cross_entropy(logits.float(), rep(y), reduction="sum")
-        (grad,) = torch.autograd.grad(loss, d)
-        delta = rbgm(d.detach() + step * grad.sign(), generator)
-    model.train(was_training)
+    delta = torch.randn(x0.shape, generator=generator, device=x0.device)
+    total = torch.zeros_like(delta)
+
+    def rep(v: Tensor) -> Tensor:
+        return v.repeat(eot, *([1] * (v.dim() - 1)))
+
+    try:
+        for _ in range(iters):
+            d = delta.detach().requires_grad_(True)
+            eps = torch.randn((eot * b, *x0.shape[1:]), generator=generator, device=x0.device)
+            noise = (1.0 - rep(rr) ** 2).sqrt() * eps + rep(rr) * rep(d)
+            xt = rep(sa) * rep(x0) + rep(s1a) * noise
+            with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=amp):
+                eps_pred = model(xt, rep(t))
+            x0_hat = (xt - rep(s1a) * eps_pred.float()) / rep(sa)
+            if x0_clamp:
+                x0_hat = x0_hat.clamp(-1.0, 1.0)
+            with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = classifier((x0_hat + 1.0) / 2.0)
+            loss = F.cross_entropy(logits.float(), rep(y), reduction="sum")
+            (grad,) = torch.autograd.grad(loss, d)
+            total = total + grad.detach()
+            delta = rbgm(total, generator)
+    finally:
+        model.train(was_training)
     return delta
 
 
@@ -158,7 +182,8 @@ def addt_loss(
     if cfg.adv_frac < 1.0:
         r = torch.where(torch.rand(r.shape, generator=generator, device=r.device) < cfg.adv_frac, r, torch.zeros_like(r))
     delta_g = classifier_guided_delta(model, classifier, x0, y, t, abar, r, iters=cfg.cgpo_iters, eot=cfg.eot,
-                                      step=cfg.delta_step, generator=generator, amp=amp)
+                                      generator=generator, amp=amp, x0_clamp=cfg.x0_clamp,
+                                      train_mode=cfg.cgpo_train_mode)
     view = (-1, 1, 1, 1)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     target = (1.0 - r.view(view) ** 2).sqrt() * eps + r.view(view) * delta_g
@@ -221,7 +246,7 @@ def main(
     bs = min(cfg.batch_size, n)
     n_params = count_params(model)
     log(f"ADDT: UNet {n_params / 1e6:.3f}M params, batch {bs}, cgpo {cfg.cgpo_iters} iters x EOT {cfg.eot}, "
-        f"r = clamp({cfg.r_scale} sqrt(abar)/sqrt(1-abar), 0, {cfg.r_max})")
+        f"r = clamp({cfg.r_scale} sqrt(abar)/sqrt(1-abar), 0, {cfg.r_max}), delta = RBGM(summed gradient)")
 
     use_amp = cfg.amp and (dev.type == "cuda" or cfg.amp_cpu)
 
@@ -232,10 +257,15 @@ def main(
 
     stopped = run_loop(cfg, model, ema, opt, state, perm_gen, n, bs, loss_fn, save_ckpt, log, dev)
     extra = {"config_path": str(config_path), "init": init_source, "method": {
-        "source": "Liu et al., NeurIPS 2024 submission 1523 (ADDT, RBGM); recipe per the purifybench issue",
+        "source": "Liu et al., NeurIPS 2024 submission 1523 (ADDT, RBGM); the guidance as LYMDLUT/ADDT "
+                  "train_DDPM_DDIM_ADDT/train_ADDT.py runs it",
         "r": f"clamp({cfg.r_scale} * sqrt(abar_t) / sqrt(1 - abar_t), 0, {cfg.r_max})",
-        "perturbation": f"{cfg.cgpo_iters} sign-gradient steps of size {cfg.delta_step} on the classifier CE through the "
-                        f"one-step x0 prediction, EOT {cfg.eot}, RBGM after each step",
+        "perturbation": f"{cfg.cgpo_iters} iterations, {cfg.eot} eps draw(s) each: the classifier CE's gradient through the "
+                        f"one-step x0 prediction ({'clamped' if cfg.x0_clamp else 'not clamped'}) summed over iterations, "
+                        f"delta = RBGM(rank order of the summed gradient); UNet in "
+                        f"{'train (dropout on)' if cfg.cgpo_train_mode else 'eval'} mode",
+        "timesteps": (f"uniform over [0, {schedule.T})" if cfg.t_max >= schedule.T or cfg.t_full_frac >= 1.0 else
+                      f"{cfg.t_full_frac:g} uniform over [0, {schedule.T}), the rest over [0, {cfg.t_max})"),
         "target": "eps_mix = sqrt(1 - r^2) eps + r RBGM(delta); x_t from eps_mix; MSE(eps_theta, eps_mix)",
     }}
     return finish(cfg, out, ema, model.config, schedule, test_x, test_y, dev, state, n_params, root, stopped, log,
