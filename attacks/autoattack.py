@@ -4,11 +4,18 @@ The component attacks are pyautoattack's own objects, configured by its ``AutoAt
 chosen version (``standard``: APGD-CE, APGD-T, FAB-T, Square; ``rand``: APGD-CE and APGD-DLR
 with EOT-20), and called exactly as its ``run_standard_evaluation`` calls them. What we replace
 is only the outer selection loop, for randomized defenses (the fix the ADDT authors proposed to
-auto-attack, PR #105): after each component attack every candidate is classified on
-``eval_iter`` independent forward passes; a sample counts as robust, and is attacked by the next
-component, only if it is classified correctly on all of them; each sample keeps the candidate
-with the lowest accuracy over those passes (then lowest mean margin), the clean image included.
-With a deterministic view (deterministic defense or ``fixed:all``) one pass is used.
+auto-attack, PR #105; their ``Fixed-AutoAttack``): the clean image and, after each component
+attack, every candidate is classified on ``eval_iter`` independent forward passes; each sample
+keeps the candidate that is wrong on most of those passes (ties: lowest mean margin), the clean
+image included, and a sample is attacked by the next component while its kept candidate is
+classified correctly on *any* pass (:func:`still_standing`). (Stopping once a single pass is
+wrong, as an earlier version here did, drops images that a fresh draw then often classifies
+correctly: on the Gaussian-noise toy of ``benchmarks/aa_rand_rule.py``, sigma 0.15, 200 images,
+3 seeds, 0.25-0.28 robust instead of 0.05-0.10.) With a
+deterministic view (deterministic defense or ``fixed:all``) one pass is used.
+
+This selection only chooses which candidate is returned; the runner scores it like every other
+attack's output (``eval_repeats`` fresh draws, majority vote; see :mod:`benchmark.runner`).
 
 The defense is handed to pyautoattack as a :class:`attacks.core.PolicyModel`: fresh noise for
 every call for the parts the policy does not fix. ``eot:K`` becomes APGD's own ``eot_iter=K``
@@ -43,6 +50,12 @@ def _set_apgd_iterations(apgd, n_iter: int) -> None:
     apgd.n_iter_2 = max(int(0.22 * n_iter), 1)
     apgd.n_iter_min = max(int(0.06 * n_iter), 1)
     apgd.size_decr = max(int(0.03 * n_iter), 1)
+
+
+def still_standing(err: Tensor) -> Tensor:
+    """Samples to attack further: their kept candidate is classified correctly on at least one of
+    the evaluation passes (``err`` is the misclassification rate over those passes)."""
+    return err < 1
 
 
 def _run_component(aa, name: str, x: Tensor, y: Tensor, seed: int) -> Tensor:
@@ -135,7 +148,7 @@ def autoattack(
         best = Best(x)
         best.offer(all_idx, x, *obj.evaluate(x, y, draws=passes))
         for name in aa.attacks_to_run:
-            idx = (best.err == 0).nonzero().flatten()  # robust: correct on every pass
+            idx = still_standing(best.err).nonzero().flatten()  # correct on at least one pass
             if idx.numel() == 0:
                 break
             o = obj.select(idx)

@@ -32,11 +32,15 @@ def make_defense(
     device: torch.device | str = "cpu",
     checkpoint: str | None = None,
     options: dict[str, Any] | None = None,
+    probe_images: torch.Tensor | None = None,
 ):
-    """Build and freeze the named defense for ``dataset`` on ``device``."""
+    """Build and freeze the named defense for ``dataset`` on ``device``.
+
+    ``probe_images`` (a few of the run's own images) is what a plugin module is probed on for
+    hidden randomness; None: the dataset's first embedded images."""
     options = dict(options or {})
     if ":" in name and not name.startswith("robustbench:"):
-        return load_plugin(name, dataset=dataset, device=device, options=options)
+        return load_plugin(name, dataset=dataset, device=device, options=options, probe_images=probe_images)
     if name.startswith("robustbench:"):
         from defenses.zoo import make_robustbench_defense
 
@@ -87,24 +91,48 @@ def _load_callable(target: str):
     return fn
 
 
-def _probe_stochastic(model: torch.nn.Module, device: torch.device | str) -> bool:
-    """Does an opaque module give different outputs on the same input? (hidden randomness)"""
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+PROBE_IMAGES = 4  # images of the run a plugin module is probed on
+
+
+def _probe_images(dataset: str, images: torch.Tensor | None) -> torch.Tensor:
+    """The probe batch: the run's first images, or the dataset's first embedded ones."""
+    if images is None:
+        from .data import load_eval_set
+
+        images = load_eval_set(dataset, f"first:{PROBE_IMAGES}").images
+    return images[:PROBE_IMAGES]
+
+
+def _probe_stochastic(model: torch.nn.Module, device: torch.device | str, x: torch.Tensor, target: str) -> bool:
+    """Does an opaque module give different outputs on the same input? (hidden randomness)
+
+    Probed on the run's own images, at the dataset's resolution: a module that cannot classify
+    them cannot be attacked either, so that is an error, never a silent "deterministic" (which
+    would give a stochastic module the deterministic battery, without EOT)."""
+    x = x.to(device)
     state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
         with torch.no_grad():
             torch.manual_seed(1)
             a = model(x)
             torch.manual_seed(2)
             b = model(x)
-    except Exception:  # wrong input size for this probe: assume deterministic, attacks still work
-        return False
+    except Exception as e:  # a user's module may fail in any way; report it in one line
+        raise BenchError(f"plugin {target!r} failed on {x.shape[0]} images of shape {tuple(x.shape[1:])} "
+                         f"(probe for hidden randomness): {type(e).__name__}: {e}") from None
     finally:
         torch.set_rng_state(state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
+        raise BenchError(f"plugin {target!r} must return a logits tensor of one shape for images of shape "
+                         f"{tuple(x.shape[1:])}; got {type(a).__name__} (probe for hidden randomness)")
     return not torch.equal(a, b)
 
 
-def load_plugin(target: str, *, dataset: str, device: torch.device | str, options: dict[str, Any]):
+def load_plugin(target: str, *, dataset: str, device: torch.device | str, options: dict[str, Any],
+                probe_images: torch.Tensor | None = None):
     """A user's defense: a callable returning a Defense, or any nn.Module ([0,1] images -> logits)."""
     from defenses.base import Defense, ModuleDefense
 
@@ -119,6 +147,6 @@ def load_plugin(target: str, *, dataset: str, device: torch.device | str, option
         return obj.to(device).freeze()
     if isinstance(obj, torch.nn.Module):
         obj = obj.to(device).eval()
-        stochastic = _probe_stochastic(obj, device)
+        stochastic = _probe_stochastic(obj, device, _probe_images(dataset, probe_images), target)
         return ModuleDefense(obj, name=target, stochastic=stochastic, info={"plugin": target}).freeze()
     raise BenchError(f"plugin {target!r} returned {type(obj).__name__}; expected a Defense or an nn.Module")

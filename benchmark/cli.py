@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     evalset = load_spec_evalset(spec)
     torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
     defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
-                           options=spec.defense_options)
+                           options=spec.defense_options, probe_images=evalset.images)
     check_writable(out)  # only now: a bad defense/dataset/option leaves no folder behind
     con = _console()
     rank, world = (comm.rank, comm.world_size) if comm is not None else (0, 1)

@@ -5,6 +5,14 @@ comes from generators derived from the run seed (``benchmark.seeds``), and torch
 (used by opaque plugin modules) is reseeded per batch, so a batch computes the same numbers
 whether it runs first, after a crash, or on another rank (``benchmark.distributed``); finished
 batches are skipped on resume.
+
+One scoring rule for every row of every defense: the clean images and each attack's returned
+images are classified on ``eval_repeats`` forward passes (fresh noise for the parts the
+attack's policy does not fix; 1 pass by default), and an image counts as correct when the
+majority of them are (worst-of-k beside it). An attack's own evaluation passes (PGD's best
+iterate, AutoAttack's ``eval_iter``) only choose which candidate it returns; none of their
+draws is reused: generators are derived per purpose, and torch's global RNG (an opaque
+module's hidden noise) is reseeded per purpose too (:func:`_reseed_global`).
 """
 from __future__ import annotations
 
@@ -241,7 +249,7 @@ def run(
         evalset = load_spec_evalset(spec)
     if defense is None:
         defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
-                               options=spec.defense_options)
+                               options=spec.defense_options, probe_images=evalset.images)
     attacks = build_attacks(spec, defense.stochastic)
     for atk in attacks:
         atk.policy.check(defense)
@@ -381,6 +389,15 @@ def clean_correct(clean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((clean == y.unsqueeze(0)).sum(0) * 2 > clean.shape[0]).nonzero().flatten()
 
 
+def _reseed_global(seed: int, b: int, purpose: str, *keys: object) -> None:
+    """Seed torch's global RNG (all devices) for one purpose of batch ``b``.
+
+    Generators carry the noise of declared defenses; only opaque modules draw from the global
+    RNG. An attack may restore the global state it found (AutoAttack's ``fork_rng``), so without
+    a fresh seed the final prediction would replay exactly the noise of the attack's first pass."""
+    torch.manual_seed(derive_seed(seed, "global", b, purpose, *keys))
+
+
 def _run_batch(spec: RunSpec, b: int, n: int, evalset: Any, defense: Any, attacks: list[Any],
                device: torch.device, on_progress: Callable[[str, int, int], None] | None,
                attack_defense: Any = None) -> list[dict[str, Any]]:
@@ -398,7 +415,9 @@ def _run_batch(spec: RunSpec, b: int, n: int, evalset: Any, defense: Any, attack
     def check(logits: torch.Tensor) -> None:
         check_logits(logits, b)
 
-    # every prediction pass checks its logits (no separate check pass)
+    # every prediction pass checks its logits (no separate check pass); torch's global RNG (an opaque
+    # module's hidden noise) is reseeded per purpose, so no prediction replays a draw an attack saw
+    _reseed_global(spec.seed, b, "clean")
     clean = predict(defense, x, noise_policy="fresh", repeats=k, generator=generator(spec.seed, "clean", b, device=device),
                     on_logits=check)
     rows = [{"id": evalset.ids[lo + i], "label": int(y[i]), "clean": [int(p) for p in clean[:, i]]} for i in range(hi - lo)]
@@ -412,11 +431,13 @@ def _run_batch(spec: RunSpec, b: int, n: int, evalset: Any, defense: Any, attack
         x_adv = x.clone()
         if idx.numel():
             evi = ev.select(idx) if idx.numel() < x.shape[0] else ev
+            _reseed_global(spec.seed, b, "attack", atk.name)
             xs = atk(attack_defense if attack_defense is not None else defense, x[idx], y[idx],
                      generator=generator(spec.seed, "attack", b, atk.name, device=device), eval_noise=evi)
             if not torch.isfinite(xs).all():
                 raise BenchError(f"attack {atk.name} produced NaN/inf images on batch {b}; stopping")
             x_adv[idx] = xs
+            _reseed_global(spec.seed, b, "predict", atk.name)
             preds = predict(defense, xs, noise_policy=atk.noise_policy, repeats=k,
                             generator=generator(spec.seed, "predict", b, atk.name, device=device), fixed_noise=evi,
                             on_logits=check)
