@@ -695,7 +695,7 @@ def run_job(out: str | Path, *, data_root: str | None, device: str = "cuda", bud
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [v for v in JOB_VARIANTS if variants is None or v[0] in variants]
-    cfgs = {name: load_atop_config(REPO_ROOT / path, overrides) for name, path, _, _ in chosen}
+    cfgs = {name: load_atop_config(path, overrides) for name, path, _, _ in chosen}
     first = next(iter(cfgs.values()))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
