@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from benchmark.errors import BenchError
 from defenses.base import Defense, Noise
 
-from .precision import full_precision
 
 THREATS: tuple[str, ...] = ("linf", "l2", "stadv")
 GRAD_MODES: tuple[str, ...] = ("exact", "bpda")
@@ -288,6 +287,12 @@ def random_start(x: Tensor, threat: str, eps: float, generator: torch.Generator 
         r = torch.rand((x.shape[0],), generator=generator, device=dev, dtype=x.dtype)
         d = d / _view(_flat(d).norm(dim=1).clamp(min=1e-12), d) * _view(r * eps, d)
     return project(d.to(x.device), x, threat, eps)
+
+
+def full_precision(defense: Any) -> Any:
+    """The float32 defense behind an autocast view (:class:`attacks.precision.AutocastDefense`);
+    any other defense unchanged. Here, not in attacks.precision, so imports run precision -> core."""
+    return getattr(defense, "full_precision", defense)
 
 
 def default_eot_chunk(device: torch.device | str, draws: int) -> int:

@@ -86,10 +86,10 @@ def _given(args: argparse.Namespace, key: str) -> bool:
 
 
 def default_out(spec) -> str:
-    from .runner import spec_hash
+    """The default run folder (its home is :func:`benchmark.runner.default_run_dir`)."""
+    from .runner import default_run_dir
 
-    safe = spec.defense.replace(":", "_").replace("/", "_").replace(".py", "")
-    return f"runs/{safe}-{spec.dataset}-{spec.threat}-{spec.scale}-{spec_hash(spec)[:8]}"
+    return default_run_dir(spec)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ protocols, the CI baseline and the training configs wherever the user's working 
 """
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -31,3 +32,8 @@ def resolve_config_path(path: str | Path) -> Path:
         if shipped.exists():
             return shipped
     return p
+
+
+def cache_dir() -> Path:
+    """Where downloads and converted checkpoints go (``$PURIFYBENCH_CACHE`` or ~/.cache/purifybench)."""
+    return Path(os.environ.get("PURIFYBENCH_CACHE", Path.home() / ".cache" / "purifybench"))

@@ -113,6 +113,12 @@ def spec_hash(spec: RunSpec) -> str:
 _UNHASHED_RECORD_KEYS = ("run_hash", "versions", "git_commit", "device", "precision_check")
 
 
+def default_run_dir(spec: RunSpec) -> str:
+    """``runs/<defense>-<dataset>-<threat>-<scale>-<spec hash>``: where ``bench run`` and sweeps write."""
+    safe = spec.defense.replace(":", "_").replace("/", "_").replace(".py", "")
+    return f"runs/{safe}-{spec.dataset}-{spec.threat}-{spec.scale}-{spec_hash(spec)[:8]}"
+
+
 def record_hash(record: dict[str, Any]) -> str:
     """The ``run_hash`` of a run record: config_hash of what the run computed.
 

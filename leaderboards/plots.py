@@ -378,9 +378,8 @@ def sweep(
 
     from attacks import make_attack
     from benchmark.build import make_defense, resolve_device
-    from benchmark.cli import default_out
     from benchmark.results import check_writable
-    from benchmark.runner import RunSpec, load_spec_evalset, run, validate_spec
+    from benchmark.runner import RunSpec, default_run_dir, load_spec_evalset, run, validate_spec
 
     if vary not in VARY:
         raise BenchError(f"can only sweep {', '.join(VARY)}; got {vary!r}")
@@ -416,7 +415,7 @@ def sweep(
     done = []
     for s in specs:
         s.subset = base.subset
-        out = out_root / Path(default_out(s)).name
+        out = out_root / Path(default_run_dir(s)).name
         if on_note:
             on_note(f"{defense}: {vary}={eps_text(s.eps, threat) if vary == 'eps' else getattr(s, vary)} -> {out}")
         done.append(run(s, out=out, device=dev, defense=defense_obj, evalset=evalset))

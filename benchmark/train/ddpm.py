@@ -143,7 +143,7 @@ def resolve_data_root(data_root: str | None) -> Path:
 def load_split(data_root: Path, data_dir: str, split: str, n: int = 0) -> tuple[Tensor, Tensor]:
     """uint8 (N,3,32,32) images and labels of a split; ``n`` > 0 keeps n evenly spread images."""
     from benchmark.data.folder import load_image_folder
-    from defenses.weights import cache_dir
+    from benchmark.resources import cache_dir
 
     data = load_image_folder(data_root / data_dir, split, cache_dir=cache_dir() / "data")
     images, labels = data.images, data.labels
