@@ -15,6 +15,10 @@ from . import compat as _compat  # noqa: F401  (before anything imports torchvis
 from .errors import BenchError
 
 TRAIN_KINDS = ("classifier", "atop", "ddpm", "addt")
+# The imports inside the cmd_* functions are lazy on purpose, not for import order (the layers
+# allow them at module level, see .importlinter): `bench --help` and `bench list` must not pay for
+# torch, the defenses' registration and the optional heavy libraries (robustbench, pyautoattack,
+# diffusers) that the run and train commands pull in.
 
 
 def _console(stderr: bool = False):

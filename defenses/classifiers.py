@@ -33,6 +33,7 @@ from benchmark.errors import BenchError
 from benchmark.registry import register_classifier, register_defense
 from defenses.base import Defense
 from defenses.weights import MANIFEST, WEIGHTS_DIR, load_state_dict, manifest, save_safetensors, sha256_file
+from defenses.weights import load_shipped
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -419,8 +420,6 @@ def _missing_weights(name: str) -> BenchError:
 
 def load_shipped_classifier(name: str, *, device: str | torch.device = "cpu") -> nn.Module:
     """A shipped zoo model by manifest name, in eval mode on ``device`` (sha256 checked)."""
-    from defenses.weights import load_shipped
-
     entry = manifest().get(name)
     if entry is None:
         if name in SHIPPED:

@@ -42,6 +42,9 @@ from benchmark.registry import register_defense
 from .base import Defense, Noise, Stage, randn
 from .diffusion import Schedule, n_levels, reverse, step_coefs, surrogate_noise_weights, timesteps
 from .unet import UNet, UNetConfig
+from .weights import load_state_dict, sha256_file
+from .weights import WEIGHTS_DIR, load_shipped, manifest
+from benchmark.registry import CLASSIFIERS, load_builtins
 
 DDPM_WEIGHTS = "ddpm_cifar10"
 ADDT_WEIGHTS = "addt_cifar10"
@@ -70,8 +73,6 @@ def _meta(path: Path) -> dict[str, str]:
 def load_unet_folder(folder: str | Path) -> tuple[nn.Module, Schedule, dict[str, Any]]:
     """A UNet + schedule from a local folder: our run dir (``weights.safetensors`` whose metadata or
     ``recipe.json`` holds the UNet config) or a diffusers DDPM folder (``unet/config.json``)."""
-    from .weights import load_state_dict, sha256_file
-
     root = Path(folder)
     if (root / "unet" / "config.json").is_file() or (root / "config.json").is_file() and not (root / "weights.safetensors").is_file():
         from .unet import load_diffusers_unet
@@ -103,8 +104,6 @@ def load_unet_folder(folder: str | Path) -> tuple[nn.Module, Schedule, dict[str,
 
 def load_shipped_unet(name: str) -> tuple[nn.Module, Schedule, dict[str, Any]]:
     """Shipped weights by manifest name; missing ones raise a BenchError naming the training command."""
-    from .weights import WEIGHTS_DIR, load_shipped, manifest
-
     entries = manifest()
     if name not in entries:
         cmd = TRAIN_COMMAND.get(name, "bench train ddpm configs/train/ddpm_cifar10.yaml")
@@ -276,8 +275,6 @@ def build(
         unet, schedule, t_star=float(cfg.get("t_star", 0.1)), steps=steps, sampler=sampler,
         clip_denoised=bool(cfg.get("clip_denoised", True)), use_checkpoint=bool(cfg.get("grad_checkpoint", True)),
     )
-    from benchmark.registry import CLASSIFIERS, load_builtins
-
     load_builtins()
     classifier = CLASSIFIERS.create(str(cfg.get("classifier", "cifar10_standard")), device=device)
     info = {

@@ -21,6 +21,14 @@ from benchmark.errors import BenchError
 
 from .board import FAMILY_LABELS, eps_text, family_curves, run_attacks, still_falling
 from .runs import StoredRun, find_runs
+from attacks import make_attack
+from benchmark.build import make_defense, resolve_device
+from benchmark.results import check_writable
+from benchmark.runner import RunSpec, default_run_dir, load_spec_evalset, run, validate_spec
+from defenses.base import Defense
+from benchmark.data import load_eval_set
+from benchmark.runner import THREAT_DEFAULTS
+from benchmark.seeds import generator
 
 VARY = ("eps", "steps", "eot")
 AXIS_LABELS = {"eps": "eps", "steps": "attack steps", "eot": "EOT draws per step"}
@@ -376,11 +384,6 @@ def sweep(
     (measured on ``standard``, 64 images, PGD-20: 51.6% vs 45.3% with step eps/4)."""
     import dataclasses
 
-    from attacks import make_attack
-    from benchmark.build import make_defense, resolve_device
-    from benchmark.results import check_writable
-    from benchmark.runner import RunSpec, default_run_dir, load_spec_evalset, run, validate_spec
-
     if vary not in VARY:
         raise BenchError(f"can only sweep {', '.join(VARY)}; got {vary!r}")
     if len(set(values)) < 2:
@@ -439,8 +442,6 @@ class GridResult:
 
 
 def _has_purifier_stage(defense: Any) -> bool:
-    from defenses.base import Defense
-
     return defense.purifier is not None or type(defense).purify is not Defense.purify
 
 
@@ -478,12 +479,6 @@ def image_grid(
     whole defense) and purified adversarial, the clean and adversarial rows sharing one noise
     draw. Columns a defense does not have are left out and the title says so."""
     import torch
-
-    from attacks import make_attack
-    from benchmark.build import make_defense, resolve_device
-    from benchmark.data import load_eval_set
-    from benchmark.runner import THREAT_DEFAULTS
-    from benchmark.seeds import generator
 
     dev = resolve_device(device)
     name = defense if isinstance(defense, str) else getattr(defense, "name", "defense")
