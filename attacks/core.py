@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, Callable, Mapping
 
 import torch
@@ -33,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import BenchError
+from benchmark.threats import THREATS, parse_fraction
 from defenses.base import Defense, Noise
 
 
-THREATS: tuple[str, ...] = ("linf", "l2", "stadv")
 GRAD_MODES: tuple[str, ...] = ("exact", "bpda")
 LOSSES: tuple[str, ...] = ("ce", "cw")
 
@@ -160,7 +159,7 @@ def parse_number(value: Any, name: str) -> float:
         return float(value)
     if isinstance(value, str):
         try:
-            return float(Fraction(value.strip()))
+            return parse_fraction(value.strip())
         except (ValueError, ZeroDivisionError):
             pass
     raise BenchError(f"{name}: expected a number (e.g. 0.03 or 8/255), got {value!r}")

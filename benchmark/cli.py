@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from . import compat as _compat  # noqa: F401  (before anything imports torchvision)
 from .errors import BenchError
+from .threats import THREATS, parse_fraction
 
 TRAIN_KINDS = ("classifier", "atop", "ddpm", "addt")
 # The imports inside the cmd_* functions are lazy on purpose, not for import order (the layers
@@ -47,10 +48,7 @@ def _parse_eps(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        if "/" in text:
-            a, b = text.split("/", 1)
-            return float(a) / float(b)
-        return float(text)
+        return parse_fraction(text)
     except (ValueError, ZeroDivisionError):
         raise BenchError(f"--eps expects a number such as 8/255 or 0.5, got {text!r}") from None
 
@@ -311,7 +309,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     res = plot_accuracy(args.results, args.kind, out, defenses=defenses, dataset=args.dataset, threat=args.threat,
                         families=families, scale=args.scale if not args.sweep else (args.scale or "cpu"),
                         fixed=fixed)
-    from leaderboards.board import eps_text
+    from .threats import eps_text
 
     con.print(f"wrote {res.path}: {len(res.curves)} curve(s)", markup=False, soft_wrap=True)
     for c in res.curves:
@@ -411,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="our stored runs beside the published tables")
     lb.add_argument("--dataset", required=True, choices=("cifar10", "cifar100", "imagenette", "imagenet"))
-    lb.add_argument("--threat", default=None, choices=("linf", "l2", "stadv"), help="one threat (default: all)")
+    lb.add_argument("--threat", default=None, choices=THREATS, help="one threat (default: all)")
     lb.add_argument("--format", default="md", choices=("md", "csv", "html", "json"))
     lb.add_argument("--out", default=None, help="write to FILE instead of stdout")
     lb.add_argument("--results", default="runs", help="folder searched for run directories (default runs/)")
@@ -441,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         c = plk.add_parser(kind, help=f"robust accuracy against {what}, with 95% intervals")
         c.add_argument("--defense", default=None, help="defense name(s), comma-separated (default: every stored one)")
         c.add_argument("--dataset", default="cifar10")
-        c.add_argument("--threat", default="linf", choices=("linf", "l2", "stadv"))
+        c.add_argument("--threat", default="linf", choices=THREATS)
         c.add_argument("--family", default=None, help="attack families to show, e.g. pgd,autoattack (default: all)")
         c.add_argument("--scale", default=None, help="only runs at this scale (with --sweep: the sweep's scale, default cpu)")
         c.add_argument("--results", default="runs", help="folder searched for run directories (default runs/)")
@@ -474,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="cifar10")
     g.add_argument("--subset", default="first:6", help="the images, one row each (at most 16)")
     g.add_argument("--attack", default=None, help="attack preset (default pgd, or pgd_eot if the defense is stochastic)")
-    g.add_argument("--threat", default="linf", choices=("linf", "l2", "stadv"))
+    g.add_argument("--threat", default="linf", choices=THREATS)
     g.add_argument("--eps", default=None, help="e.g. 8/255 (default: the preset's)")
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)

@@ -22,6 +22,7 @@ from .errors import BenchError
 from .provenance import git_commit, library_versions
 from .results import RunStore
 from .seeds import derive_seed, generator
+from .threats import DEFAULT_EPS
 
 if TYPE_CHECKING:
     from .distributed import Comm
@@ -29,9 +30,9 @@ if TYPE_CHECKING:
 
 # The default battery per threat: (attack preset for deterministic defenses, for stochastic ones).
 THREAT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linf": {"eps": 8 / 255, "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
-    "l2": {"eps": 0.5, "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
-    "stadv": {"eps": 0.05, "deterministic": ["stadv"], "stochastic": ["stadv"]},
+    "linf": {"eps": DEFAULT_EPS["linf"], "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
+    "l2": {"eps": DEFAULT_EPS["l2"], "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
+    "stadv": {"eps": DEFAULT_EPS["stadv"], "deterministic": ["stadv"], "stochastic": ["stadv"]},
 }
 
 # `--scale cpu`: what a 2-core CPU finishes in minutes. Every number it prints says so.

@@ -17,8 +17,9 @@ import pandas as pd
 
 from benchmark.errors import BenchError
 from benchmark.stats import clopper_pearson
+from benchmark.threats import THREATS, eps_text  # noqa: F401  (eps_text re-exported)
 
-from .published import THREATS, load_published
+from .published import load_published
 from .runs import StoredRun, find_runs
 
 FAMILY_LABELS = {"autoattack": "AutoAttack", "pgd": "PGD", "fgsm": "FGSM", "cw": "CW", "stadv": "StAdv",
@@ -53,15 +54,6 @@ def attack_family(a: dict[str, Any]) -> str:
     if p.get("steps") == 1:
         return "fgsm"
     return "pgd" if fam == "pgd" else "other"
-
-
-def eps_text(eps: float | None, threat: str) -> str:
-    if eps is None:
-        return "?"
-    k = eps * 255
-    if threat == "linf" and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
 
 
 def approx_interval(acc: float, n: int | None) -> tuple[float, float] | None:

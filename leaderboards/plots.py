@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmark.errors import BenchError
-
-from .board import FAMILY_LABELS, eps_text, family_curves, run_attacks, still_falling
-from .runs import StoredRun, find_runs
 from attacks import make_attack
 from benchmark.build import make_defense, resolve_device
-from benchmark.results import check_writable
-from benchmark.runner import RunSpec, default_run_dir, load_spec_evalset, run, validate_spec
-from defenses.base import Defense
 from benchmark.data import load_eval_set
-from benchmark.runner import THREAT_DEFAULTS
+from benchmark.errors import BenchError
+from benchmark.results import check_writable
+from benchmark.runner import THREAT_DEFAULTS, RunSpec, default_run_dir, load_spec_evalset, run, validate_spec
 from benchmark.seeds import generator
+from benchmark.threats import eps_text, parse_fraction
+from defenses.base import Defense
+
+from .board import FAMILY_LABELS, family_curves, run_attacks, still_falling
+from .runs import StoredRun, find_runs
 
 VARY = ("eps", "steps", "eot")
 AXIS_LABELS = {"eps": "eps", "steps": "attack steps", "eot": "EOT draws per step"}
@@ -333,11 +333,7 @@ def parse_values(text: str, vary: str) -> list[float]:
         if not item:
             continue
         try:
-            if "/" in item:
-                a, b = item.split("/", 1)
-                v = float(a) / float(b)
-            else:
-                v = float(item)
+            v = parse_fraction(item)
         except (ValueError, ZeroDivisionError):
             raise BenchError(f"--sweep: {item!r} is not a number") from None
         if vary == "eps" and not 0 < v <= 1:
