@@ -12,10 +12,10 @@ import sys
 from typing import Any, Sequence
 
 from . import compat as _compat  # noqa: F401  (before anything imports torchvision)
+from .commands import TRAIN_KINDS  # error hints spell `bench train` from the same definitions
 from .errors import BenchError
 from .threats import THREATS, parse_fraction
 
-TRAIN_KINDS = ("classifier", "atop", "ddpm", "addt")
 # The imports inside the cmd_* functions are lazy on purpose, not for import order (the layers
 # allow them at module level, see .importlinter): `bench --help` and `bench list` must not pay for
 # torch, the defenses' registration and the optional heavy libraries (robustbench, pyautoattack,

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.errors import BenchError
+from benchmark.commands import train_command
 from benchmark.registry import register_defense
 from defenses.base import Defense, Noise
 from defenses.rt import RandomTransform
@@ -95,8 +96,8 @@ def missing_weights_error(weights: str) -> BenchError:
     elif weights == "atop_ae":
         need = " (after atop_ae_pre: its config's `init`)"
     return BenchError(
-        f"no shipped purifier weights {weights!r}; train them with `bench train atop --config {cfg} --device cuda "
-        f"--out runs/train/{weights}`{need}, or all AToP purifiers at once with scripts/gpu/atop.sh, "
+        f"no shipped purifier weights {weights!r}; train them with "
+        f"`{train_command('atop', cfg, device='cuda', out=f'runs/train/{weights}')}`{need}, or all AToP purifiers at once with scripts/gpu/atop.sh, "
         f"then `python scripts/ship_weights.py runs/train/{weights} {weights}`"
     )
 

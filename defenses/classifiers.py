@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import BenchError
+from benchmark.commands import train_command
 from benchmark.registry import register_classifier, register_defense
 from defenses.base import Defense
 from defenses.weights import MANIFEST, WEIGHTS_DIR, load_state_dict, manifest, save_safetensors, sha256_file
@@ -413,7 +414,7 @@ def _missing_weights(name: str) -> BenchError:
     dataset, config = SHIPPED[name]
     return BenchError(
         f"no shipped weights for {name!r} (no entry in defenses/weights/manifest.json); make them with "
-        f"`bench train classifier --config {config} --device cuda --out runs/train/{name}` then "
+        f"`{train_command('classifier', config, device='cuda', out=f'runs/train/{name}')}` then "
         f"`python scripts/ship_weights.py runs/train/{name} {name}`"
     )
 

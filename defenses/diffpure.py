@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.errors import BenchError
+from benchmark.commands import train_command
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, randn
@@ -49,8 +50,8 @@ from benchmark.registry import CLASSIFIERS, load_builtins
 DDPM_WEIGHTS = "ddpm_cifar10"
 ADDT_WEIGHTS = "addt_cifar10"
 TRAIN_COMMAND = {
-    DDPM_WEIGHTS: "bench train ddpm configs/train/ddpm_cifar10.yaml",
-    ADDT_WEIGHTS: "bench train addt configs/train/addt_cifar10.yaml",
+    DDPM_WEIGHTS: train_command("ddpm", "configs/train/ddpm_cifar10.yaml"),
+    ADDT_WEIGHTS: train_command("addt", "configs/train/addt_cifar10.yaml"),
 }
 
 
@@ -106,7 +107,7 @@ def load_shipped_unet(name: str) -> tuple[nn.Module, Schedule, dict[str, Any]]:
     """Shipped weights by manifest name; missing ones raise a BenchError naming the training command."""
     entries = manifest()
     if name not in entries:
-        cmd = TRAIN_COMMAND.get(name, "bench train ddpm configs/train/ddpm_cifar10.yaml")
+        cmd = TRAIN_COMMAND.get(name, TRAIN_COMMAND[DDPM_WEIGHTS])
         raise BenchError(
             f"diffusion weights {name!r} are not shipped in this copy; train them with `{cmd}` and pass "
             f"weights=<its output folder> (or weights=<a local diffusers DDPM folder, e.g. google/ddpm-cifar10-32>)"
