@@ -29,7 +29,6 @@ from benchmark.commands import train_command
 from benchmark.registry import register_defense
 from defenses.base import Defense, Noise
 from defenses.rt import RandomTransform
-from defenses.weights import load_shipped, manifest
 
 # weights name -> training config that makes it
 TRAIN_CONFIGS: dict[str, str] = {
@@ -104,6 +103,8 @@ def missing_weights_error(weights: str) -> BenchError:
 
 def load_purifier(weights: str, purifier: str) -> tuple[nn.Module, str | None]:
     """A shipped purifier network (float32) and its sha256; BenchError naming the training command if absent."""
+    from defenses.weights import load_shipped, manifest  # at call time: the manifest may be swapped (tests)
+
     entries = manifest()
     if weights not in entries:
         raise missing_weights_error(weights)

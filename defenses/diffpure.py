@@ -44,7 +44,6 @@ from .base import Defense, Noise, Stage, randn
 from .diffusion import Schedule, n_levels, reverse, step_coefs, surrogate_noise_weights, timesteps
 from .unet import UNet, UNetConfig
 from .weights import load_state_dict, sha256_file
-from .weights import WEIGHTS_DIR, load_shipped, manifest
 from benchmark.registry import CLASSIFIERS, load_builtins
 
 DDPM_WEIGHTS = "ddpm_cifar10"
@@ -105,6 +104,8 @@ def load_unet_folder(folder: str | Path) -> tuple[nn.Module, Schedule, dict[str,
 
 def load_shipped_unet(name: str) -> tuple[nn.Module, Schedule, dict[str, Any]]:
     """Shipped weights by manifest name; missing ones raise a BenchError naming the training command."""
+    from .weights import WEIGHTS_DIR, load_shipped, manifest  # at call time: WEIGHTS_DIR may be swapped (tests)
+
     entries = manifest()
     if name not in entries:
         cmd = TRAIN_COMMAND.get(name, TRAIN_COMMAND[DDPM_WEIGHTS])
