@@ -59,7 +59,9 @@ def spec_from_args(args: argparse.Namespace):
     attacks = None
     if args.attacks:
         attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    scale = args.scale or ("full" if args.device.startswith("cuda") or args.protocol else "cpu")
+    from .api import default_scale
+
+    scale = args.scale or default_scale(args.device, bool(args.protocol))
     spec = RunSpec(defense=args.defense, dataset=args.dataset, threat=args.threat, subset=args.subset,
                    source=args.source, attacks=attacks, eps=_parse_eps(args.eps), steps=args.steps, eot=args.eot,
                    protocol=args.protocol, scale=scale, eval_repeats=args.eval_repeats, batch_size=args.batch_size,
@@ -95,24 +97,19 @@ def default_out(spec) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .build import make_defense, resolve_device
+    from .api import prepare_run
+    from .build import resolve_device
     from .distributed import setup as dist_setup, shard_samples
     from .report import summary_table
-    from .results import check_writable
-    from .runner import load_spec_evalset, run
+    from .runner import run
 
     spec = spec_from_args(args)
     comm = dist_setup(args.distributed, args.device)  # under torchrun: this rank's process group, else None
     device = comm.device if comm is not None else resolve_device(args.device)
     out = args.out or default_out(spec)
-    evalset = load_spec_evalset(spec)
-    torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
-    defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
-                           options=spec.defense_options)
-    check_writable(out)  # only now: a bad defense/dataset/option leaves no folder behind
+    evalset, defense = prepare_run(spec, device, out)  # images, defense, then the writable check
     con = _console()
     rank, world = (comm.rank, comm.world_size) if comm is not None else (0, 1)
     n_mine = shard_samples(len(evalset), spec.batch_size, rank, world)
@@ -262,7 +259,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     con = _wide_console()
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()] if args.defenses else None
-    scale = args.scale or ("full" if args.device.startswith("cuda") else "cpu")
+    from .api import default_scale
+
+    scale = args.scale or default_scale(args.device)
     rep = reproduce(args.protocol, scale=scale, defenses=defenses, device=args.device, results=args.results,
                     batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
                     on_note=None if args.quiet else (lambda m: con.print(m, markup=False)))
