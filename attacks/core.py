@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, Callable, Mapping
 
 import torch
@@ -33,11 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import BenchError
+from benchmark.threats import THREATS, parse_fraction
 from defenses.base import Defense, Noise
 
-from .precision import full_precision
 
-THREATS: tuple[str, ...] = ("linf", "l2", "stadv")
 GRAD_MODES: tuple[str, ...] = ("exact", "bpda")
 LOSSES: tuple[str, ...] = ("ce", "cw")
 
@@ -161,7 +159,7 @@ def parse_number(value: Any, name: str) -> float:
         return float(value)
     if isinstance(value, str):
         try:
-            return float(Fraction(value.strip()))
+            return parse_fraction(value.strip())
         except (ValueError, ZeroDivisionError):
             pass
     raise BenchError(f"{name}: expected a number (e.g. 0.03 or 8/255), got {value!r}")
@@ -288,6 +286,12 @@ def random_start(x: Tensor, threat: str, eps: float, generator: torch.Generator 
         r = torch.rand((x.shape[0],), generator=generator, device=dev, dtype=x.dtype)
         d = d / _view(_flat(d).norm(dim=1).clamp(min=1e-12), d) * _view(r * eps, d)
     return project(d.to(x.device), x, threat, eps)
+
+
+def full_precision(defense: Any) -> Any:
+    """The float32 defense behind an autocast view (:class:`attacks.precision.AutocastDefense`);
+    any other defense unchanged. Here, not in attacks.precision, so imports run precision -> core."""
+    return getattr(defense, "full_precision", defense)
 
 
 def default_eot_chunk(device: torch.device | str, draws: int) -> int:

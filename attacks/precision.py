@@ -32,6 +32,8 @@ from torch import Tensor, nn
 
 from benchmark.errors import BenchError
 
+from .core import Objective, full_precision  # noqa: F401  (precision sits above core: imports run one way)
+
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 COSINE_THRESHOLD = 0.99
 
@@ -89,18 +91,11 @@ class AutocastDefense(nn.Module):
         return out.float()
 
 
-def full_precision(defense: Any) -> Any:
-    """The float32 defense behind an :class:`AutocastDefense` (any other defense unchanged)."""
-    return getattr(defense, "full_precision", defense)
-
-
 def input_grad(defense: Any, x: Tensor, y: Tensor, noise: Any, *, grad_mode: str = "exact",
                global_seed: int = 0) -> Tensor:
     """Gradient of the summed CE loss w.r.t. ``x`` through the attacker's logits
     (:meth:`Objective.logits`, so BPDA is BPDA), with torch's global RNG seeded to
     ``global_seed`` (opaque modules draw the same noise in every call)."""
-    from .core import Objective
-
     obj = Objective(defense, grad_mode=grad_mode)
     xi = x.detach().clone().requires_grad_(True)
     devices = [x.device] if x.device.type == "cuda" else []

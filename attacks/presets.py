@@ -22,6 +22,7 @@ from torch import Tensor
 
 from benchmark.errors import BenchError
 from benchmark.registry import ATTACKS, register_attack
+from benchmark.threats import DEFAULT_EPS
 from defenses.base import Defense, Noise
 
 from .autoattack import autoattack
@@ -190,7 +191,7 @@ def _preset(name: str, family: str, *, threat: str, defaults: dict[str, Any], so
                     source=source, summary=summary)(factory)
 
 
-EPS = {"linf": 8 / 255, "l2": 0.5}
+EPS = {t: DEFAULT_EPS[t] for t in ("linf", "l2")}  # the gradient attacks' threats
 
 _preset("pgd", "pgd", threat="linf",
         defaults=dict(eps=EPS, steps=20, step_size={"linf": 2 / 255, "l2": None}, restarts=1, random_init=True,

@@ -12,9 +12,14 @@ import sys
 from typing import Any, Sequence
 
 from . import compat as _compat  # noqa: F401  (before anything imports torchvision)
+from .commands import TRAIN_KINDS  # error hints spell `bench train` from the same definitions
 from .errors import BenchError
+from .threats import THREATS, parse_fraction
 
-TRAIN_KINDS = ("classifier", "atop", "ddpm", "addt")
+# The imports inside the cmd_* functions are lazy on purpose, not for import order (the layers
+# allow them at module level, see .importlinter): `bench --help` and `bench list` must not pay for
+# torch, the defenses' registration and the optional heavy libraries (robustbench, pyautoattack,
+# diffusers) that the run and train commands pull in.
 
 
 def _console(stderr: bool = False):
@@ -43,10 +48,7 @@ def _parse_eps(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        if "/" in text:
-            a, b = text.split("/", 1)
-            return float(a) / float(b)
-        return float(text)
+        return parse_fraction(text)
     except (ValueError, ZeroDivisionError):
         raise BenchError(f"--eps expects a number such as 8/255 or 0.5, got {text!r}") from None
 
@@ -57,7 +59,9 @@ def spec_from_args(args: argparse.Namespace):
     attacks = None
     if args.attacks:
         attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    scale = args.scale or ("full" if args.device.startswith("cuda") or args.protocol else "cpu")
+    from .api import default_scale
+
+    scale = args.scale or default_scale(args.device, bool(args.protocol))
     spec = RunSpec(defense=args.defense, dataset=args.dataset, threat=args.threat, subset=args.subset,
                    source=args.source, attacks=attacks, eps=_parse_eps(args.eps), steps=args.steps, eot=args.eot,
                    protocol=args.protocol, scale=scale, eval_repeats=args.eval_repeats, batch_size=args.batch_size,
@@ -86,31 +90,26 @@ def _given(args: argparse.Namespace, key: str) -> bool:
 
 
 def default_out(spec) -> str:
-    from .runner import spec_hash
+    """The default run folder (its home is :func:`benchmark.runner.default_run_dir`)."""
+    from .runner import default_run_dir
 
-    safe = spec.defense.replace(":", "_").replace("/", "_").replace(".py", "")
-    return f"runs/{safe}-{spec.dataset}-{spec.threat}-{spec.scale}-{spec_hash(spec)[:8]}"
+    return default_run_dir(spec)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .build import make_defense, resolve_device
+    from .api import prepare_run
+    from .build import resolve_device
     from .distributed import setup as dist_setup, shard_samples
     from .report import summary_table
-    from .results import check_writable
-    from .runner import load_spec_evalset, run
+    from .runner import run
 
     spec = spec_from_args(args)
     comm = dist_setup(args.distributed, args.device)  # under torchrun: this rank's process group, else None
     device = comm.device if comm is not None else resolve_device(args.device)
     out = args.out or default_out(spec)
-    evalset = load_spec_evalset(spec)
-    torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
-    defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
-                           options=spec.defense_options, probe_images=evalset.images)
-    check_writable(out)  # only now: a bad defense/dataset/option leaves no folder behind
+    evalset, defense = prepare_run(spec, device, out)  # images, defense, then the writable check
     con = _console()
     rank, world = (comm.rank, comm.world_size) if comm is not None else (0, 1)
     n_mine = shard_samples(len(evalset), spec.batch_size, rank, world)
@@ -260,7 +259,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     con = _wide_console()
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()] if args.defenses else None
-    scale = args.scale or ("full" if args.device.startswith("cuda") else "cpu")
+    from .api import default_scale
+
+    scale = args.scale or default_scale(args.device)
     rep = reproduce(args.protocol, scale=scale, defenses=defenses, device=args.device, results=args.results,
                     batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
                     on_note=None if args.quiet else (lambda m: con.print(m, markup=False)))
@@ -307,7 +308,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     res = plot_accuracy(args.results, args.kind, out, defenses=defenses, dataset=args.dataset, threat=args.threat,
                         families=families, scale=args.scale if not args.sweep else (args.scale or "cpu"),
                         fixed=fixed)
-    from leaderboards.board import eps_text
+    from .threats import eps_text
 
     con.print(f"wrote {res.path}: {len(res.curves)} curve(s)", markup=False, soft_wrap=True)
     for c in res.curves:
@@ -407,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="our stored runs beside the published tables")
     lb.add_argument("--dataset", required=True, choices=("cifar10", "cifar100", "imagenette", "imagenet"))
-    lb.add_argument("--threat", default=None, choices=("linf", "l2", "stadv"), help="one threat (default: all)")
+    lb.add_argument("--threat", default=None, choices=THREATS, help="one threat (default: all)")
     lb.add_argument("--format", default="md", choices=("md", "csv", "html", "json"))
     lb.add_argument("--out", default=None, help="write to FILE instead of stdout")
     lb.add_argument("--results", default="runs", help="folder searched for run directories (default runs/)")
@@ -437,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         c = plk.add_parser(kind, help=f"robust accuracy against {what}, with 95% intervals")
         c.add_argument("--defense", default=None, help="defense name(s), comma-separated (default: every stored one)")
         c.add_argument("--dataset", default="cifar10")
-        c.add_argument("--threat", default="linf", choices=("linf", "l2", "stadv"))
+        c.add_argument("--threat", default="linf", choices=THREATS)
         c.add_argument("--family", default=None, help="attack families to show, e.g. pgd,autoattack (default: all)")
         c.add_argument("--scale", default=None, help="only runs at this scale (with --sweep: the sweep's scale, default cpu)")
         c.add_argument("--results", default="runs", help="folder searched for run directories (default runs/)")
@@ -470,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="cifar10")
     g.add_argument("--subset", default="first:6", help="the images, one row each (at most 16)")
     g.add_argument("--attack", default=None, help="attack preset (default pgd, or pgd_eot if the defense is stochastic)")
-    g.add_argument("--threat", default="linf", choices=("linf", "l2", "stadv"))
+    g.add_argument("--threat", default="linf", choices=THREATS)
     g.add_argument("--eps", default=None, help="e.g. 8/255 (default: the preset's)")
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)

@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import BenchError
+from .resources import resolve_config_path
 
 T = TypeVar("T")
 
 
 def read_yaml(path: str | Path) -> Any:
-    p = Path(path)
+    p = resolve_config_path(path)  # configs/... also from outside the checkout
     if not p.is_file():
         raise BenchError(f"config file not found: {p}")
     try:

@@ -13,8 +13,9 @@ from typing import Any
 
 from .config import load_config
 from .errors import BenchError
+from .resources import configs_dir, resolve_config_path
 
-PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "configs" / "protocols"
+PROTOCOL_DIR = configs_dir("protocols")  # inside the installed package, not beside the checkout
 
 
 @dataclass
@@ -48,7 +49,7 @@ def protocol_names() -> list[str]:
 
 
 def load_protocol(name: str) -> Protocol:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROTOCOL_DIR / f"{name}.yaml"
+    path = resolve_config_path(name) if name.endswith((".yaml", ".yml")) else PROTOCOL_DIR / f"{name}.yaml"
     if not path.is_file():
         raise BenchError(f"unknown protocol {name!r}; known: {', '.join(protocol_names()) or 'none'}")
     return load_config(path, Protocol)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .threats import eps_text
+
 
 def budget_text(a: dict[str, Any]) -> str:
     p = a["params"]
     bits = []
     if p.get("eps") is not None:
         e = p["eps"]
-        bits.append(f"eps={round(e * 255)}/255" if a["threat"] == "linf" and abs(e * 255 - round(e * 255)) < 1e-6 else f"eps={e:g}")
+        bits.append(f"eps={eps_text(e, a['threat'])}")
     if p.get("steps") is not None:
         bits.append(f"steps={p['steps']}")
     pol = p.get("noise_policy", "fresh")

@@ -30,6 +30,7 @@ from .errors import BenchError
 from .provenance import git_commit, library_versions
 from .results import RunStore
 from .seeds import derive_seed, generator
+from .threats import DEFAULT_EPS
 
 if TYPE_CHECKING:
     from .distributed import Comm
@@ -37,9 +38,9 @@ if TYPE_CHECKING:
 
 # The default battery per threat: (attack preset for deterministic defenses, for stochastic ones).
 THREAT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linf": {"eps": 8 / 255, "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
-    "l2": {"eps": 0.5, "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
-    "stadv": {"eps": 0.05, "deterministic": ["stadv"], "stochastic": ["stadv"]},
+    "linf": {"eps": DEFAULT_EPS["linf"], "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
+    "l2": {"eps": DEFAULT_EPS["l2"], "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
+    "stadv": {"eps": DEFAULT_EPS["stadv"], "deterministic": ["stadv"], "stochastic": ["stadv"]},
 }
 
 # `--scale cpu`: what a 2-core CPU finishes in minutes. Every number it prints says so.
@@ -119,6 +120,12 @@ def spec_hash(spec: RunSpec) -> str:
 # record keys written after ``run_hash`` (where and with what the run ran, not what it computed);
 # a key added to the record after the hash must be named here, or stored runs stop verifying
 _UNHASHED_RECORD_KEYS = ("run_hash", "versions", "git_commit", "device", "precision_check")
+
+
+def default_run_dir(spec: RunSpec) -> str:
+    """``runs/<defense>-<dataset>-<threat>-<scale>-<spec hash>``: where ``bench run`` and sweeps write."""
+    safe = spec.defense.replace(":", "_").replace("/", "_").replace(".py", "")
+    return f"runs/{safe}-{spec.dataset}-{spec.threat}-{spec.scale}-{spec_hash(spec)[:8]}"
 
 
 def record_hash(record: dict[str, Any]) -> str:

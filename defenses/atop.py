@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.errors import BenchError
+from benchmark.commands import train_command
 from benchmark.registry import register_defense
 from defenses.base import Defense, Noise
 from defenses.rt import RandomTransform
@@ -94,15 +95,15 @@ def missing_weights_error(weights: str) -> BenchError:
     elif weights == "atop_ae":
         need = " (after atop_ae_pre: its config's `init`)"
     return BenchError(
-        f"no shipped purifier weights {weights!r}; train them with `bench train atop --config {cfg} --device cuda "
-        f"--out runs/train/{weights}`{need}, or all AToP purifiers at once with scripts/gpu/atop.sh, "
+        f"no shipped purifier weights {weights!r}; train them with "
+        f"`{train_command('atop', cfg, device='cuda', out=f'runs/train/{weights}')}`{need}, or all AToP purifiers at once with scripts/gpu/atop.sh, "
         f"then `python scripts/ship_weights.py runs/train/{weights} {weights}`"
     )
 
 
 def load_purifier(weights: str, purifier: str) -> tuple[nn.Module, str | None]:
     """A shipped purifier network (float32) and its sha256; BenchError naming the training command if absent."""
-    from defenses.weights import load_shipped, manifest
+    from defenses.weights import load_shipped, manifest  # at call time: the manifest may be swapped (tests)
 
     entries = manifest()
     if weights not in entries:

@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import BenchError
+from benchmark.commands import train_command
 from benchmark.registry import register_classifier, register_defense
 from defenses.base import Defense
 from defenses.weights import MANIFEST, WEIGHTS_DIR, load_state_dict, manifest, save_safetensors, sha256_file
+from defenses.weights import load_shipped
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -412,15 +414,13 @@ def _missing_weights(name: str) -> BenchError:
     dataset, config = SHIPPED[name]
     return BenchError(
         f"no shipped weights for {name!r} (no entry in defenses/weights/manifest.json); make them with "
-        f"`bench train classifier --config {config} --device cuda --out runs/train/{name}` then "
+        f"`{train_command('classifier', config, device='cuda', out=f'runs/train/{name}')}` then "
         f"`python scripts/ship_weights.py runs/train/{name} {name}`"
     )
 
 
 def load_shipped_classifier(name: str, *, device: str | torch.device = "cpu") -> nn.Module:
     """A shipped zoo model by manifest name, in eval mode on ``device`` (sha256 checked)."""
-    from defenses.weights import load_shipped
-
     entry = manifest().get(name)
     if entry is None:
         if name in SHIPPED:

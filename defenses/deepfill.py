@@ -40,6 +40,7 @@ from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, rand, randn
 from .weights import load_state_dict, sha256_file
+from benchmark.registry import CLASSIFIERS, load_builtins
 
 PRETRAINED_FILE = "states_pt_places2.pth"
 PRETRAINED_PAGE = ("https://github.com/nipponjo/deepfillv2-pytorch (README, 'Pretrained models': the PyTorch-trained "
@@ -323,8 +324,6 @@ def make_atop_deepfill(*, dataset: str = "cifar10", device: str | torch.device =
     gen, sha = load_deepfill(cfg.get("weights") or cfg.get("checkpoint"), cnum)
     pur = AToPDeepFillPurifier(gen, rt=str(cfg.get("rt", "rt2")), size=int(cfg.get("size", 256)),
                                output=str(cfg.get("output", "01")))
-    from benchmark.registry import CLASSIFIERS, load_builtins
-
     load_builtins()
     default_cls = {"cifar10": "cifar10_standard", "cifar100": "cifar100_resnet56", "imagenette": "imagenette_standard"}
     cls_name = str(cfg.get("classifier", default_cls.get(dataset, "cifar10_standard")))

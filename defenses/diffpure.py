@@ -40,17 +40,20 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.errors import BenchError
+from benchmark.commands import train_command
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, randn
 from .diffusion import Schedule, n_levels, reverse, step_coefs, surrogate_noise_weights, timesteps
 from .unet import UNet, UNetConfig
+from .weights import load_state_dict, sha256_file
+from benchmark.registry import CLASSIFIERS, load_builtins
 
 DDPM_WEIGHTS = "ddpm_cifar10"
 ADDT_WEIGHTS = "addt_cifar10"
 TRAIN_COMMAND = {
-    DDPM_WEIGHTS: "bench train ddpm configs/train/ddpm_cifar10.yaml",
-    ADDT_WEIGHTS: "bench train addt configs/train/addt_cifar10.yaml",
+    DDPM_WEIGHTS: train_command("ddpm", "configs/train/ddpm_cifar10.yaml"),
+    ADDT_WEIGHTS: train_command("addt", "configs/train/addt_cifar10.yaml"),
 }
 
 
@@ -73,8 +76,6 @@ def _meta(path: Path) -> dict[str, str]:
 def load_unet_folder(folder: str | Path) -> tuple[nn.Module, Schedule, dict[str, Any]]:
     """A UNet + schedule from a local folder: our run dir (``weights.safetensors`` whose metadata or
     ``recipe.json`` holds the UNet config) or a diffusers DDPM folder (``unet/config.json``)."""
-    from .weights import load_state_dict, sha256_file
-
     root = Path(folder)
     if (root / "unet" / "config.json").is_file() or (root / "config.json").is_file() and not (root / "weights.safetensors").is_file():
         from .unet import load_diffusers_unet
@@ -106,11 +107,11 @@ def load_unet_folder(folder: str | Path) -> tuple[nn.Module, Schedule, dict[str,
 
 def load_shipped_unet(name: str) -> tuple[nn.Module, Schedule, dict[str, Any]]:
     """Shipped weights by manifest name; missing ones raise a BenchError naming the training command."""
-    from .weights import WEIGHTS_DIR, load_shipped, manifest
+    from .weights import WEIGHTS_DIR, load_shipped, manifest  # at call time: WEIGHTS_DIR may be swapped (tests)
 
     entries = manifest()
     if name not in entries:
-        cmd = TRAIN_COMMAND.get(name, "bench train ddpm configs/train/ddpm_cifar10.yaml")
+        cmd = TRAIN_COMMAND.get(name, TRAIN_COMMAND[DDPM_WEIGHTS])
         raise BenchError(
             f"diffusion weights {name!r} are not shipped in this copy; train them with `{cmd}` and pass "
             f"weights=<its output folder> (or weights=<a local diffusers DDPM folder, e.g. google/ddpm-cifar10-32>)"
@@ -285,8 +286,6 @@ def build(
         clip_denoised=bool(cfg.get("clip_denoised", True)), use_checkpoint=bool(cfg.get("grad_checkpoint", True)),
         variance=str(cfg.get("variance", "fixed_small")),
     )
-    from benchmark.registry import CLASSIFIERS, load_builtins
-
     load_builtins()
     classifier = CLASSIFIERS.create(str(cfg.get("classifier", "cifar10_standard")), device=device)
     info = {

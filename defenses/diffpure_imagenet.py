@@ -44,6 +44,7 @@ from .classifiers import IMAGENETTE_IMAGENET_INDEX as IMAGENETTE_INDEX
 from .diffusion import call_eps
 from .guided_unet import IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig, reduced_config
 from .weights import load_state_dict, sha256_file
+from .classifiers import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 UNET_FILE = "256x256_diffusion_uncond.pt"
 UNET_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
@@ -173,8 +174,6 @@ class ImageNetClassifier(nn.Module):
 
     def __init__(self, net: nn.Module, index: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        from .classifiers import IMAGENET_MEAN, IMAGENET_STD, Normalize
-
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
         self.net = net
         self.index = list(index) if index is not None else None

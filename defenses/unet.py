@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from benchmark.errors import BenchError
+from defenses.weights import load_state_dict
 
 
 @dataclass
@@ -253,9 +255,6 @@ def load_diffusers_unet(folder: str | Path) -> tuple[DiffusersUNet, dict[str, An
     Returns the wrapped UNet (eval mode, CPU) and the scheduler config dict. ``.bin`` weights are
     read with ``torch.load(weights_only=True)`` through :func:`defenses.weights.load_state_dict`.
     """
-    from benchmark.errors import BenchError
-    from defenses.weights import load_state_dict
-
     root = Path(folder)
     unet_dir = root / "unet" if (root / "unet").is_dir() else root
     cfg_path = unet_dir / "config.json"

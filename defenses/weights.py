@@ -18,14 +18,11 @@ import torch
 from torch import Tensor
 
 from benchmark.errors import BenchError
+from benchmark.resources import cache_dir  # noqa: F401  (its home is the ground layer; re-exported)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
 
-
-def cache_dir() -> Path:
-    """Where downloads and converted checkpoints go (``$PURIFYBENCH_CACHE`` or ~/.cache/purifybench)."""
-    return Path(os.environ.get("PURIFYBENCH_CACHE", Path.home() / ".cache" / "purifybench"))
 
 
 def sha256_file(path: str | Path) -> str:

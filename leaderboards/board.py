@@ -17,8 +17,9 @@ import pandas as pd
 
 from benchmark.errors import BenchError
 from benchmark.stats import clopper_pearson
+from benchmark.threats import THREATS, eps_text  # noqa: F401  (eps_text re-exported)
 
-from .published import THREATS, load_published
+from .published import load_published
 from .runs import StoredRun, find_runs
 
 FAMILY_LABELS = {"autoattack": "AutoAttack", "pgd": "PGD", "fgsm": "FGSM", "cw": "CW", "stadv": "StAdv",
@@ -65,15 +66,6 @@ def threat_model_of(a: dict[str, Any]) -> str:
     (BPDA used to be a column of its own; it is now a table of its own, with FGSM, PGD and CW
     columns like the exact-gradient one.)"""
     return "bpda" if a.get("params", {}).get("grad_mode") == "bpda" else "exact"
-
-
-def eps_text(eps: float | None, threat: str) -> str:
-    if eps is None:
-        return "?"
-    k = eps * 255
-    if threat == "linf" and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
 
 
 def approx_interval(acc: float, n: int | None) -> tuple[float, float] | None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import BenchError
+from benchmark.resources import resolve_config_path
 
 from .runs import StoredRun, find_runs
 
@@ -78,7 +79,7 @@ class CheckRow:
 def load_baseline(path: str | Path) -> list[BaselineEntry]:
     import yaml
 
-    p = Path(path)
+    p = resolve_config_path(path)  # configs/ci/baseline.yaml also from outside the checkout
     if not p.is_file():
         raise BenchError(f"baseline file {p} not found")
     try:

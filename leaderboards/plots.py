@@ -17,9 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from attacks import make_attack
+from benchmark.build import make_defense, resolve_device
+from benchmark.data import load_eval_set
 from benchmark.errors import BenchError
+from benchmark.results import check_writable
+from benchmark.runner import THREAT_DEFAULTS, RunSpec, default_run_dir, load_spec_evalset, run, validate_spec
+from benchmark.seeds import generator
+from benchmark.threats import eps_text, parse_fraction
+from defenses.base import Defense
 
-from .board import FAMILY_LABELS, eps_text, family_curves, run_attacks, still_falling
+from .board import FAMILY_LABELS, family_curves, run_attacks, still_falling
 from .runs import StoredRun, find_runs
 
 VARY = ("eps", "steps", "eot")
@@ -325,11 +333,7 @@ def parse_values(text: str, vary: str) -> list[float]:
         if not item:
             continue
         try:
-            if "/" in item:
-                a, b = item.split("/", 1)
-                v = float(a) / float(b)
-            else:
-                v = float(item)
+            v = parse_fraction(item)
         except (ValueError, ZeroDivisionError):
             raise BenchError(f"--sweep: {item!r} is not a number") from None
         if vary == "eps" and not 0 < v <= 1:
@@ -376,12 +380,6 @@ def sweep(
     (measured on ``standard``, 64 images, PGD-20: 51.6% vs 45.3% with step eps/4)."""
     import dataclasses
 
-    from attacks import make_attack
-    from benchmark.build import make_defense, resolve_device
-    from benchmark.cli import default_out
-    from benchmark.results import check_writable
-    from benchmark.runner import RunSpec, load_spec_evalset, run, validate_spec
-
     if vary not in VARY:
         raise BenchError(f"can only sweep {', '.join(VARY)}; got {vary!r}")
     if len(set(values)) < 2:
@@ -416,7 +414,7 @@ def sweep(
     done = []
     for s in specs:
         s.subset = base.subset
-        out = out_root / Path(default_out(s)).name
+        out = out_root / Path(default_run_dir(s)).name
         if on_note:
             on_note(f"{defense}: {vary}={eps_text(s.eps, threat) if vary == 'eps' else getattr(s, vary)} -> {out}")
         done.append(run(s, out=out, device=dev, defense=defense_obj, evalset=evalset))
@@ -440,8 +438,6 @@ class GridResult:
 
 
 def _has_purifier_stage(defense: Any) -> bool:
-    from defenses.base import Defense
-
     return defense.purifier is not None or type(defense).purify is not Defense.purify
 
 
@@ -479,12 +475,6 @@ def image_grid(
     whole defense) and purified adversarial, the clean and adversarial rows sharing one noise
     draw. Columns a defense does not have are left out and the title says so."""
     import torch
-
-    from attacks import make_attack
-    from benchmark.build import make_defense, resolve_device
-    from benchmark.data import load_eval_set
-    from benchmark.runner import THREAT_DEFAULTS
-    from benchmark.seeds import generator
 
     dev = resolve_device(device)
     name = defense if isinstance(defense, str) else getattr(defense, "name", "defense")

@@ -17,10 +17,10 @@ from typing import Any, Iterable
 import pandas as pd
 
 from benchmark.errors import BenchError
+from benchmark.threats import THREATS, parse_eps  # noqa: F401  (re-exported: their home is benchmark.threats)
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 
-THREATS = ("linf", "l2", "stadv")
 DATASETS = ("cifar10", "cifar100", "imagenette", "imagenet")
 # Attack families as the leaderboard groups them (see leaderboards.board.attack_family).
 FAMILIES = ("autoattack", "pgd", "fgsm", "cw", "stadv", "dwbox", "bpda", "other")
@@ -37,23 +37,6 @@ OPTIONAL = ("group", "extra_data", "note", "ours", "protocol", "protocol_attack"
 # the whole defense, or BPDA through the purifier; absent = exact (the default white box)
 GRAD_MODES = ("exact", "bpda")
 COLUMNS = [*REQUIRED, *OPTIONAL, "eps_text", "citation", "file"]
-
-
-def parse_eps(value: Any, where: str) -> float:
-    """``8/255`` or a number -> float in (0, 1]."""
-    try:
-        if isinstance(value, str) and "/" in value:
-            a, b = value.split("/", 1)
-            eps = float(a) / float(b)
-        elif isinstance(value, bool):
-            raise ValueError
-        else:
-            eps = float(value)
-    except (TypeError, ValueError, ZeroDivisionError):
-        raise BenchError(f"{where}: eps must be a number or a fraction like 8/255, got {value!r}") from None
-    if not 0 < eps <= 1:
-        raise BenchError(f"{where}: eps must be in (0, 1], got {value!r}")
-    return eps
 
 
 def _percent(value: Any, key: str, where: str) -> float:

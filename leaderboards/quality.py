@@ -25,6 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.errors import BenchError
+from benchmark.seeds import generator
+from benchmark.build import make_defense, resolve_device
+from benchmark.data import load_eval_set
+from benchmark.registry import CLASSIFIERS, load_builtins
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
 
@@ -288,8 +292,6 @@ class QualityReport:
 def purified(defense: Any, images: Tensor, *, seed: int, batch_size: int = 64,
              device: torch.device | str = "cpu") -> Tensor:
     """``defense.purify`` of every image with one noise draw per batch (derived from ``seed``), on CPU."""
-    from benchmark.seeds import generator
-
     out = []
     dev = torch.device(device)
     with torch.no_grad():
@@ -318,10 +320,6 @@ def evaluate_quality(
     """PSNR/SSIM of purified vs clean images of ``subset``, and FD/KID between the two sets on the
     penultimate features of classifier ``features`` (default ``<dataset>_standard``) and, if its
     weights are here, the standard Inception FID/KID."""
-    from benchmark.build import make_defense, resolve_device
-    from benchmark.data import load_eval_set
-    from benchmark.registry import CLASSIFIERS, load_builtins
-
     dev = resolve_device(device)
     if evalset is None:
         evalset = load_eval_set(dataset, subset, root=data_root)

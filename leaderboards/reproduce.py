@@ -35,6 +35,13 @@ from typing import Any, Callable
 import pandas as pd
 
 from benchmark.errors import BenchError
+from benchmark.stats import mcnemar_exact
+from benchmark.build import make_defense, resolve_device
+from benchmark.data import load_eval_set
+from benchmark.protocols import apply_protocol, load_protocol
+from benchmark.results import RunStore, check_writable
+from benchmark.runner import SCALES, RunSpec, run, spec_hash, validate_spec
+from .published import load_published
 
 RELATIONS = (">=", ">", "<=", "<")
 ALPHA = 0.05  # two-sided level of the paired test (and 95% for the intervals)
@@ -165,8 +172,6 @@ def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str) -> Verdict:
     """The claim's verdict: the exact McNemar test on the images both sides share when their
     per-image rows are available, else the two 95% intervals; the interval view is always in
     the detail, and ``test`` names what decided."""
-    from benchmark.stats import mcnemar_exact
-
     sides = []
     for name, attack in ((claim.left, claim.left_attack), (claim.right, claim.right_attack)):
         o = outcomes.get(name)
@@ -262,13 +267,6 @@ def reproduce(
     on_note: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
-    from benchmark.build import make_defense, resolve_device
-    from benchmark.data import load_eval_set
-    from benchmark.protocols import apply_protocol, load_protocol
-    from benchmark.results import RunStore, check_writable
-    from benchmark.runner import SCALES, RunSpec, run, spec_hash, validate_spec
-
-    from .published import load_published
 
     note = on_note or (lambda s: None)
     p = load_protocol(protocol_name)

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import BenchError
+from benchmark.runner import summarize
+from benchmark.runner import record_hash
 
 
 @dataclass
@@ -34,8 +36,6 @@ def _resummarize(run_dir: Path, record: dict[str, Any], summary: dict[str, Any],
     ``attack_scope`` in its record) stored per-attack accuracies that could count a
     clean-misclassified image as robust; recompute them from its per-sample rows so that every
     board uses one definition. Without rows the stored summary stays, with a note."""
-    from benchmark.runner import summarize
-
     samples = run_dir / "samples.jsonl"
     try:
         rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -58,8 +58,6 @@ def _record_problem(record: dict[str, Any]) -> str | None:
 
     Its ``run_hash`` must equal the hash of its contents, so a record written by hand or edited
     after the run (a number, an attack, a defense name) is refused, not checked or ranked."""
-    from benchmark.runner import record_hash
-
     for k, t in _RECORD_KEYS.items():
         v = record.get(k)
         if not isinstance(v, t) or isinstance(v, bool):

@@ -142,8 +142,8 @@ class SourceData:
 
 
 def data_cache_dir() -> Path:
-    """Default download folder: ``defenses.weights.cache_dir() / "data"``."""
-    from defenses.weights import cache_dir
+    """Default download folder: ``benchmark.resources.cache_dir() / "data"``."""
+    from ..resources import cache_dir
 
     return cache_dir() / "data"
 

@@ -63,6 +63,8 @@ from .ddpm import (
     start_training,
     to_model_range,
 )
+from defenses.diffpure import load_unet
+from defenses.unet import UNet
 
 
 @dataclass
@@ -219,9 +221,6 @@ def main(
     overrides: dict[str, Any] | None = None,
 ) -> Path:
     """ADDT-fine-tune a DDPM run and write weights.safetensors + recipe.json into the output folder."""
-    from defenses.diffpure import load_unet
-    from defenses.unet import UNet
-
     cfg: ADDTTrainConfig = load_train_config(config_path, ADDTTrainConfig, overrides)
     dev, out, log, root = start_run("addt", config_path, device, out_dir, data_root, tf32=False)
 

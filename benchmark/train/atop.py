@@ -53,6 +53,14 @@ from benchmark.config import from_dict, read_yaml, to_dict
 from benchmark.errors import BenchError
 from benchmark.provenance import git_commit, hardware, library_versions
 from benchmark.results import atomic_torch_save, atomic_write_text
+from defenses.atop import build_net
+from defenses.gan import PatchDiscriminator
+from defenses.rt import RandomTransform
+from defenses.weights import load_shipped, load_state_dict
+from defenses.weights import sha256_file
+from benchmark.data.folder import load_image_folder
+from defenses.weights import save_safetensors
+from defenses.gan import n_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CIFAR10_ARCHIVE_SHA256 = "820394552d8cd6cf2834c7f34753d3e36624717e73e6a373a57a01edb25bc5f0"
@@ -153,29 +161,21 @@ def purifier_arch_kwargs(cfg: AToPConfig | Mapping[str, Any], image_size: int = 
 
 
 def build_purifier(cfg: AToPConfig, image_size: int = 32) -> nn.Module:
-    from defenses.atop import build_net
-
     return build_net(cfg.purifier, **purifier_arch_kwargs(cfg, image_size))
 
 
 def build_discriminator(cfg: AToPConfig) -> nn.Module | None:
     if cfg.purifier != "gan":
         return None
-    from defenses.gan import PatchDiscriminator
-
     return PatchDiscriminator(cnum=cfg.d_cnum)
 
 
 def build_transform(cfg: AToPConfig, kind: str | None = None) -> "Any":
-    from defenses.rt import RandomTransform
-
     return RandomTransform(kind or cfg.rt, sigma=cfg.sigma, rate=cfg.rate, n_masks=cfg.n_masks)
 
 
 def resolve_init(spec: str) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
     """Pretrained purifier (and discriminator, when found) from a run dir, a file or a shipped name."""
-    from defenses.weights import load_shipped, load_state_dict
-
     p = Path(spec)
     if p.is_dir():
         w = p / "weights.safetensors"
@@ -232,8 +232,6 @@ def load_classifier_run(run: str | Path, *, dataset: str = "cifar10") -> tuple[n
         raise BenchError(f"cannot load classifier run {p}: defenses.classifiers unavailable ({e})") from None
     model = load_checkpoint_classifier(weights, arch, dataset=ds, num_classes=model_cfg.get("num_classes"),
                                        **model_cfg.get("kwargs", {}))
-    from defenses.weights import sha256_file
-
     return model, {"classifier_run": str(p), "arch": arch, "weights_sha256": sha256_file(weights),
                    "classifier_metrics": recipe.get("metrics", recipe.get("final_metrics"))}
 
@@ -261,7 +259,6 @@ def load_split(data_root: str | Path | None, split: str, device: torch.device, l
     """Decode a split once (npz-cached) and move it to the device."""
     import hashlib
 
-    from benchmark.data.folder import load_image_folder
 
     cache = os.environ.get("PURIFYBENCH_CACHE")
     fd = load_image_folder(data_folder(data_root), split, cache_dir=(Path(cache) / "data") if cache else None)
@@ -516,8 +513,6 @@ def train(
     the planned number of steps is then fitted to the time left after 30 measured steps, so
     the learning-rate schedule still ends at zero.
     """
-    from defenses.weights import save_safetensors
-
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     if cfg.time_budget_s > 0:
@@ -601,8 +596,6 @@ def train(
         metrics = trainer.evaluate(test_data, cfg.eval_images, seed=cfg.seed + 12345)
     dt = torch.float16 if cfg.save_dtype == "float16" else torch.float32
     gsd = {k: v.to(dt) if v.is_floating_point() else v for k, v in trainer.g.state_dict().items()}
-    from defenses.gan import n_params
-
     meta = {"purifier": cfg.purifier, "rt": cfg.rt, "stage": cfg.stage}
     digest = save_safetensors(gsd, out_dir / "weights.safetensors", metadata=meta)
     files = {"weights.safetensors": digest}
@@ -695,7 +688,7 @@ def run_job(out: str | Path, *, data_root: str | None, device: str = "cuda", bud
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [v for v in JOB_VARIANTS if variants is None or v[0] in variants]
-    cfgs = {name: load_atop_config(REPO_ROOT / path, overrides) for name, path, _, _ in chosen}
+    cfgs = {name: load_atop_config(path, overrides) for name, path, _, _ in chosen}
     first = next(iter(cfgs.values()))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True

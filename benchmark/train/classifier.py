@@ -39,6 +39,9 @@ from benchmark.errors import BenchError
 from benchmark.provenance import git_state, hardware, library_versions
 from benchmark.results import atomic_torch_save, atomic_write_text
 from benchmark.seeds import derive_seed, generator
+from benchmark.data.folder import decode, list_folder
+from defenses.classifiers import build_arch
+from defenses.weights import save_safetensors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_OPTIONS = ("max_epochs", "checkpoint_dir")  # overrides that steer this run but are not part of the recipe
@@ -194,7 +197,6 @@ def _load_folder(root: Path, split: str, *, classes: Sequence[str] | None, size:
     """Decode (part of) a split with a thread pool (PIL releases the GIL while decoding)."""
     import numpy as np
 
-    from benchmark.data.folder import decode, list_folder
 
     classes, items = list_folder(root, split, classes)
     if per_class is not None:
@@ -384,9 +386,6 @@ def main(
 ) -> Path:
     """Train (or resume) the classifier of ``config_path``; return the output folder."""
     from rich.console import Console
-
-    from defenses.classifiers import build_arch
-    from defenses.weights import save_safetensors
 
     t_start = time.time()
     cfg, run_opts = load_train_config(config_path, overrides)

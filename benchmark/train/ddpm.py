@@ -35,6 +35,12 @@ from benchmark.provenance import git_commit, hardware, library_versions
 from benchmark.results import atomic_torch_save, atomic_write_text
 from defenses.diffusion import Schedule, q_sample
 from defenses.unet import UNet, UNetConfig, count_params
+from benchmark.data.folder import load_image_folder
+from benchmark.resources import cache_dir
+from defenses.classifiers import load_checkpoint_classifier
+from defenses.base import Noise
+from defenses.diffpure import DiffusionPurifier
+from defenses.weights import save_safetensors
 
 # Keys that only steer one session (how long, what to measure); changing them keeps a resume valid.
 RUN_CONTROL_KEYS = ("time_limit_s", "epochs", "eval_images", "eval_steps", "eval_t_star", "log_every", "classifier_run")
@@ -142,9 +148,6 @@ def resolve_data_root(data_root: str | None) -> Path:
 
 def load_split(data_root: Path, data_dir: str, split: str, n: int = 0) -> tuple[Tensor, Tensor]:
     """uint8 (N,3,32,32) images and labels of a split; ``n`` > 0 keeps n evenly spread images."""
-    from benchmark.data.folder import load_image_folder
-    from defenses.weights import cache_dir
-
     data = load_image_folder(data_root / data_dir, split, cache_dir=cache_dir() / "data")
     images, labels = data.images, data.labels
     if n and n < len(labels):
@@ -202,8 +205,6 @@ def load_classifier_run(path: str | Path, device: torch.device) -> nn.Module:
     dataset = rec.get("dataset") or conf.get("dataset") or "cifar10"
     if not arch:
         raise BenchError(f"{rec_path} names no architecture (config.model.arch)")
-    from defenses.classifiers import load_checkpoint_classifier
-
     model = load_checkpoint_classifier(p / "weights.safetensors", arch, dataset=dataset,
                                        num_classes=model_cfg.get("num_classes"), **(model_cfg.get("kwargs") or {}))
     model = model.to(device).eval()
@@ -219,9 +220,6 @@ def sanity_metrics(
 ) -> dict[str, Any]:
     """Purify clean test images (DDPM, t*, steps): PSNR to the clean image, and the classifier's
     accuracy on clean and purified images when a classifier is given."""
-    from defenses.base import Noise
-    from defenses.diffpure import DiffusionPurifier
-
     pur = DiffusionPurifier(unet, schedule, t_star=t_star, steps=steps, sampler="ddpm", use_checkpoint=False)
     g = torch.Generator(device=device)
     g.manual_seed(seed)
@@ -442,8 +440,6 @@ def finish(
     extra: dict[str, Any], classifier: nn.Module | None = None, classifier_path: str = "",
 ) -> Path:
     """Write EMA weights (UNet config + schedule in the metadata), sanity metrics and the recipe record."""
-    from defenses.weights import save_safetensors
-
     if classifier is None:
         classifier, classifier_path = optional_classifier(getattr(cfg, "classifier_run", ""), dev, log)
     clf_path = classifier_path

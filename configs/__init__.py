@@ -1,0 +1,1 @@
+"""Shipped YAML configs (protocols/, train/, ci/): package data, read via benchmark.resources."""
