@@ -24,17 +24,14 @@ def _console(stderr: bool = False):
 
 
 def _parse_set(values: Sequence[str], flag: str = "--set") -> dict[str, Any]:
-    import yaml
+    from .config import load_yaml_text
 
     out: dict[str, Any] = {}
     for item in values:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise BenchError(f"{flag} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            raise BenchError(f"{flag} {item!r}: the value is not valid YAML") from None
+        out[k.strip()] = load_yaml_text(v, f"{flag} {item!r}")
     return out
 
 

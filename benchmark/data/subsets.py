@@ -127,7 +127,9 @@ def read_ids(path: str | Path) -> tuple[str, ...]:
     p = Path(path)
     if not p.is_file():
         raise BenchError(f"subset ids file not found: {p}")
-    lines = [ln.split("#", 1)[0].strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    from ..safe_io import read_text
+
+    lines = [ln.split("#", 1)[0].strip() for ln in read_text(p, "subset ids file").splitlines()]
     ids = tuple(ln for ln in lines if ln)
     if not ids:
         raise BenchError(f"subset ids file {p} lists no ids (one id per line)")
