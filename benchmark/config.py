@@ -151,6 +151,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     if unknown:
         raise BenchError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(fields)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    if "seed" in kwargs and hints.get("seed") is int:  # every config's seed: the one range of benchmark.seeds
+        from .seeds import check_seed
+
+        check_seed(kwargs["seed"], f"{where}.seed")
     missing = [
         n for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]

@@ -33,19 +33,26 @@ def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a temp file in the target's folder, fsync it, rename it over ``path``,
     then fsync the folder: readers (and a resume after SIGKILL) see the old file or the new one."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    if p.is_dir():
+        raise BenchError(f"cannot write {p}: it is a directory")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:  # a read-only or full disk, a file where a folder should be: one error line
+        raise BenchError(f"cannot write {p}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, OSError):  # the old file (if any) is untouched
+            raise BenchError(f"cannot write {p}: {e.strerror or e}") from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(p.parent, os.O_RDONLY)
@@ -84,6 +91,21 @@ def check_writable(folder: str | Path) -> Path:
         os.unlink(tmp)
     except OSError as e:
         raise BenchError(f"output directory {p} is not writable ({e.strerror or e})") from None
+    return p
+
+
+def check_file_writable(path: str | Path) -> Path:
+    """Prove ``path`` can be written as a file (not a folder; its folder writable) before the work."""
+    p = Path(path)
+    if p.is_dir():
+        raise BenchError(f"cannot write {p}: it is a directory")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=p.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise BenchError(f"cannot write {p}: {e.strerror or e}") from None
     return p
 
 

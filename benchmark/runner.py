@@ -80,6 +80,12 @@ class RunSpec:
             raise ValueError(f"eval repeats must be positive, got {self.eval_repeats}")
         if self.batch_size <= 0:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        from .seeds import check_seed
+
+        try:
+            check_seed(self.seed, "seed")
+        except BenchError as e:
+            raise ValueError(str(e)) from None
         if self.scale not in SCALES:
             raise ValueError(f"unknown scale {self.scale!r}; choose from {', '.join(SCALES)}")
         from attacks.precision import PRECISIONS

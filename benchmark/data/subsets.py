@@ -168,8 +168,10 @@ def parse_subset(spec: str | Subset | None) -> Subset:
         parts = rest.split(":")
         if len(parts) != 2 or not all(parts):
             raise BenchError(f"malformed subset {spec!r}: expected random:N:SEED (e.g. random:512:0)")
+        from ..seeds import SEED_LIMIT
+
         seed = _int(parts[1], "SEED", spec, 0)
-        if seed >= 2**32:
+        if seed >= SEED_LIMIT:
             raise BenchError(f"malformed subset {spec!r}: SEED must be < 2**32")
         return Subset("random", count=_int(parts[0], "N", spec, 1), seed=seed)
     if head == "ids":
