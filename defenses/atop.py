@@ -149,11 +149,11 @@ def make_atop(name: str, *, dataset: str = "cifar10", device: str | torch.device
 
 
 def _factory(name: str) -> Any:
-    def make(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
-        unknown = [k for k in cfg if k != "classifier"]
+    def make(*, dataset: str = "cifar10", device: str | torch.device = "cpu", classifier: str = "cifar10_standard",
+             **unknown: Any) -> Defense:
         if unknown:
             raise BenchError(f"defense {name!r} takes only the option 'classifier'; got {sorted(unknown)}")
-        return make_atop(name, dataset=dataset, device=device, **cfg)
+        return make_atop(name, dataset=dataset, device=device, classifier=classifier)
 
     make.__doc__ = VARIANTS[name][4]
     make.__name__ = f"make_{name}"

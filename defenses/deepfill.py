@@ -314,8 +314,13 @@ _OPTIONS = ("weights", "checkpoint", "classifier", "rt", "size", "cnum", "output
 @register_defense("atop_deepfill", datasets=("cifar10", "cifar100", "imagenette"), stochastic=True,
                   summary="AToP with the authors' DeepFillv2 generator at 256 px, RT1/RT2: weights=PATH to a glin2022/atop "
                   "states_*.pth or deepfillv2-pytorch's states_pt_places2.pth (github.com/nipponjo/deepfillv2-pytorch)")
-def make_atop_deepfill(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
+def make_atop_deepfill(*, dataset: str = "cifar10", device: str | torch.device = "cpu", weights: str | None = None,
+                       checkpoint: str | None = None, classifier: str | None = None, rt: str | None = None,
+                       size: int | None = None, cnum: int | None = None, output: str | None = None,
+                       **unknown: Any) -> Defense:
     """AToP as glin2022/atop runs it: RT at 256 px -> DeepFillv2 generator (authors' checkpoint) -> classifier."""
+    named = dict(weights=weights, checkpoint=checkpoint, classifier=classifier, rt=rt, size=size, cnum=cnum, output=output)
+    cfg = {**{k: v for k, v in named.items() if v is not None}, **unknown}
     unknown = [k for k in cfg if k not in _OPTIONS]
     if unknown:
         raise BenchError(f"atop_deepfill: unknown option {unknown[0]!r}; options: {', '.join(_OPTIONS)}")

@@ -248,6 +248,11 @@ class DiffPureDefense(Defense):
 _OPTIONS = ("t_star", "steps", "sampler", "weights", "checkpoint", "classifier", "clip_denoised", "grad_checkpoint")
 
 
+def _given(unknown: dict[str, Any], **named: Any) -> dict[str, Any]:
+    """The options a caller gave: named ones not left at None, and unknown ones (build refuses them)."""
+    return {**{k: v for k, v in named.items() if v is not None}, **unknown}
+
+
 def build(
     name: str,
     *,
@@ -291,23 +296,35 @@ def build(
 
 @register_defense("diffpure", datasets=("cifar10",), stochastic=True,
                   summary="DiffPure: diffuse to t*, DDPM ancestral reverse (noise: forward, reverse)")
-def make_diffpure(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
+def make_diffpure(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
+                 steps: int | None = None, sampler: str | None = None, weights: str | None = None,
+                 checkpoint: str | None = None, classifier: str | None = None, clip_denoised: bool | None = None,
+                 grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
     """DiffPure with our CIFAR-10 DDPM and DDPM (or, with sampler=ddim, DDIM) reverse steps."""
     return build("diffpure", dataset=dataset, device=device, default_weights=DDPM_WEIGHTS,
-                 default_sampler="ddpm", fixed_sampler=False, **cfg)
+                 default_sampler="ddpm", fixed_sampler=False, **_given(unknown, t_star=t_star, steps=steps, sampler=sampler, weights=weights, checkpoint=checkpoint,
+                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
 
 
 @register_defense("diffpure_ddim", datasets=("cifar10",), stochastic=True,
                   summary="DiffPure with deterministic DDIM reverse (noise: forward only)")
-def make_diffpure_ddim(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
+def make_diffpure_ddim(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
+                 steps: int | None = None, sampler: str | None = None, weights: str | None = None,
+                 checkpoint: str | None = None, classifier: str | None = None, clip_denoised: bool | None = None,
+                 grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
     """DiffPure with DDIM reverse steps: the only randomness is the forward noise."""
     return build("diffpure_ddim", dataset=dataset, device=device, default_weights=DDPM_WEIGHTS,
-                 default_sampler="ddim", fixed_sampler=True, **cfg)
+                 default_sampler="ddim", fixed_sampler=True, **_given(unknown, t_star=t_star, steps=steps, sampler=sampler, weights=weights, checkpoint=checkpoint,
+                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
 
 
 @register_defense("addt", datasets=("cifar10",), stochastic=True,
                   summary="ADDT: DiffPure with the adversarially fine-tuned (ADDT+RBGM) DDPM")
-def make_addt(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
+def make_addt(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
+                 steps: int | None = None, sampler: str | None = None, weights: str | None = None,
+                 checkpoint: str | None = None, classifier: str | None = None, clip_denoised: bool | None = None,
+                 grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
     """DiffPure purification with the ADDT-fine-tuned UNet (DDPM reverse unless sampler=ddim)."""
     return build("addt", dataset=dataset, device=device, default_weights=ADDT_WEIGHTS,
-                 default_sampler="ddpm", fixed_sampler=False, **cfg)
+                 default_sampler="ddpm", fixed_sampler=False, **_given(unknown, t_star=t_star, steps=steps, sampler=sampler, weights=weights, checkpoint=checkpoint,
+                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
