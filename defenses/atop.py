@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, first_line
 from benchmark.registry import register_defense
 from defenses.base import Defense, Noise
 from defenses.rt import RandomTransform
@@ -116,7 +116,7 @@ def load_purifier(weights: str, purifier: str) -> tuple[nn.Module, str | None]:
         net.load_state_dict(state)
     except RuntimeError as e:
         raise BenchError(f"shipped weights {weights!r} do not fit the {purifier} purifier: "
-                         f"{str(e).splitlines()[0]}") from None
+                         f"{first_line(e)}") from None
     return net, entries[weights].get("sha256")
 
 

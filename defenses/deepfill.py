@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, first_line
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, rand, randn
@@ -301,11 +301,11 @@ def _load_container(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():
-            raise BenchError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None
+            raise BenchError(f"corrupt checkpoint {path}: {first_line(e)}") from None
         raise BenchError(f"checkpoint {path} needs pickle to load (it holds Python objects, not just tensors); "
                          "refusing to unpickle an untrusted file") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BenchError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None
+        raise BenchError(f"corrupt checkpoint {path}: {first_line(e)}") from None
 
 
 _OPTIONS = ("weights", "checkpoint", "classifier", "rt", "size", "cnum", "output")

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, first_line
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, randn
@@ -61,10 +61,32 @@ def unet_from_state(state: dict[str, Tensor], unet_config: dict[str, Any]) -> UN
 
 
 def _meta(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BenchError(f"corrupt safetensors file {path}: {first_line(e)}") from None
+
+
+def _recipe_unet(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(UNet config, schedule) from a weights folder's ``recipe.json``, checked: a run folder is
+    the user's, its files may be edited or truncated."""
+    from benchmark.safe_io import read_text
+
+    path = root / "recipe.json"
+    try:
+        rec = json.loads(read_text(path, "recipe"))
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    unet = rec.get("unet") or (rec.get("config") or {}).get("unet") if isinstance(rec, dict) else None
+    if not isinstance(unet, dict):
+        raise BenchError(f"{path} names no UNet config (expected a mapping with 'unet' or 'config.unet')")
+    sched = rec.get("schedule") or {}
+    if not isinstance(sched, dict):
+        raise BenchError(f"{path}: 'schedule' must be a mapping, got {type(sched).__name__}")
+    return unet, sched
 
 
 def load_unet_folder(folder: str | Path) -> tuple[nn.Module, Schedule, dict[str, Any]]:
@@ -90,14 +112,20 @@ def load_unet_folder(folder: str | Path) -> tuple[nn.Module, Schedule, dict[str,
         raise BenchError(f"{root} holds neither weights.safetensors (a `bench train ddpm/addt` run) nor a diffusers unet/config.json")
     meta = _meta(wfile)
     if "unet" in meta:
-        unet_cfg, sched_cfg = json.loads(meta["unet"]), json.loads(meta.get("schedule", "{}"))
-    elif (root / "recipe.json").is_file():
-        rec = json.loads((root / "recipe.json").read_text())
-        unet_cfg, sched_cfg = rec.get("unet") or rec["config"]["unet"], rec.get("schedule", {})
+        try:
+            unet_cfg, sched_cfg = json.loads(meta["unet"]), json.loads(meta.get("schedule", "{}"))
+        except json.JSONDecodeError as e:
+            raise BenchError(f"{wfile}: its 'unet'/'schedule' metadata is not valid JSON ({e.msg})") from None
+    elif (root / "recipe.json").exists():
+        unet_cfg, sched_cfg = _recipe_unet(root)
     else:
         raise BenchError(f"{wfile} carries no UNet config (no metadata, no recipe.json beside it)")
-    model = unet_from_state(load_state_dict(wfile), unet_cfg)
-    schedule = Schedule(**{k: sched_cfg[k] for k in ("T", "beta_start", "beta_end") if k in sched_cfg})
+    try:
+        model = unet_from_state(load_state_dict(wfile), unet_cfg)
+        schedule = Schedule(**{k: sched_cfg[k] for k in ("T", "beta_start", "beta_end") if k in sched_cfg})
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:  # a config that builds no UNet
+        raise BenchError(f"{root}: the UNet config or schedule does not build a model "
+                         f"({type(e).__name__}: {first_line(e)})") from None
     return model, schedule, {"source": str(root), "format": "purifybench", "sha256": sha256_file(wfile)}
 
 

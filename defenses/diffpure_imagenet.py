@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, first_line
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, randn
@@ -204,7 +204,7 @@ def load_torchvision_classifier(arch: str, weights: str | Path | None, dataset: 
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise BenchError(f"{path} does not fit torchvision's {arch}: {str(e).splitlines()[0]}") from None
+        raise BenchError(f"{path} does not fit torchvision's {arch}: {first_line(e)}") from None
     return ImageNetClassifier(net, IMAGENETTE_INDEX if dataset == "imagenette" else None).eval(), digest
 
 

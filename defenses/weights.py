@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, first_line
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
@@ -67,13 +67,13 @@ def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str,
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():  # not a forbidden object: the bytes themselves are bad
-            raise BenchError(f"corrupt checkpoint {p}: {str(e).splitlines()[0]}") from None
+            raise BenchError(f"corrupt checkpoint {p}: {first_line(e)}") from None
         raise BenchError(
             f"checkpoint {p} needs pickle to load (it holds Python objects, not just tensors); "
             "refusing to unpickle an untrusted file: re-save it as a state dict or safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BenchError(f"corrupt checkpoint {p}: {str(e).splitlines()[0]}") from None
+        raise BenchError(f"corrupt checkpoint {p}: {first_line(e)}") from None
     return _unwrap(obj)
 
 

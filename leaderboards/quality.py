@@ -374,8 +374,12 @@ def evaluate_quality(
         from defenses.weights import load_state_dict
 
         load_state_dict(w)  # weights_only=True: refuse a file that is more than tensors before torch-fidelity reads it
-        m = _fidelity_metrics(x, xp, extractor="inception-v3-compat", device=dev, seed=seed, weights_path=str(w),
-                              kid_subsets=kid_subsets)
+        try:
+            m = _fidelity_metrics(x, xp, extractor="inception-v3-compat", device=dev, seed=seed, weights_path=str(w),
+                                  kid_subsets=kid_subsets)
+        except (RuntimeError, KeyError, ValueError) as e:  # tensors, but not torch-fidelity's Inception
+            raise BenchError(f"--inception-weights {w} do not fit torch-fidelity's Inception-v3 "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
         rep.distances["FID"] = m["fd"]
         rep.distances["KID"] = m["kid"]
         if "kid_std" in m:
