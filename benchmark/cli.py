@@ -180,6 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         con.print(f"precision: attack gradients in {pc['used']} (requested {pc['requested']}; {pc['requested']}-vs-fp32 input-gradient "
                   f"cosine min {pc['min_cosine']}, mean {pc['mean_cosine']}, threshold {pc['threshold']}"
                   + (f"; {pc['error']}" if pc.get("error") else "") + "); reported accuracies: fp32 forward passes")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     if result.resumed:
         con.print(f"(resumed from {out})")
     return 0

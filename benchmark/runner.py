@@ -221,6 +221,7 @@ class RunResult:
     record: dict[str, Any]
     summary: dict[str, Any]
     resumed: bool
+    notes: list[str] = field(default_factory=list)  # batch files of the store that were recomputed or ignored
 
 
 def run(
@@ -334,13 +335,15 @@ def run(
     done = store.done_batches()
     if final and len(done) == n_batches:
         rows = store.rows(n_batches)
+        if len(rows) != n:  # cannot happen with checked batches; a summary must never disagree with its record
+            raise BenchError(f"{store.dir}: {len(rows)} stored rows for a run of {n} images; not writing a summary")
         store.write_samples(rows)
         summary = summarize(rows, record)
         store.write_summary(summary)
         store.write_timing({**timing, "finished_unix": time.time()})
     else:
         summary = {}
-    return RunResult(store.dir, record, summary, resumed)
+    return RunResult(store.dir, record, summary, resumed, store.notes)
 
 
 def _apply_speed(spec: RunSpec, defense: Any, evalset: Any, device: torch.device) -> "SpeedChoice":
