@@ -27,6 +27,8 @@ def read_text(path: str | Path, what: str = "file", *, max_bytes: int = MAX_TEXT
             raise BenchError(f"{what} {p} not found")
         if p.is_dir():
             raise BenchError(f"{what} {p} is a directory, not a file")
+        if not p.is_file():  # a FIFO or device would block or never end
+            raise BenchError(f"{what} {p} is not a regular file")
         size = os.path.getsize(p)
         if size > max_bytes:
             raise BenchError(f"{what} {p} is {size:,} bytes; refusing to read more than {max_bytes:,} "

@@ -79,7 +79,7 @@ def load_baseline(path: str | Path) -> list[BaselineEntry]:
     from benchmark.config import read_yaml
 
     p = Path(path)
-    if not p.is_file() and not p.is_dir():
+    if not p.exists():
         raise BenchError(f"baseline file {p} not found")
     data = read_yaml(p, "baseline")
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list) or not data["entries"]:

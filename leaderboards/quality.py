@@ -323,6 +323,12 @@ def evaluate_quality(
     from benchmark.registry import CLASSIFIERS, load_builtins
 
     dev = resolve_device(device)
+    if batch_size < 1:
+        raise BenchError(f"batch size must be a positive integer, got {batch_size}")
+    if inception_weights is not None:  # a missing, empty or pickled file fails before any work
+        from defenses.weights import load_state_dict
+
+        load_state_dict(inception_weights_path(inception_weights))
     if evalset is None:
         evalset = load_eval_set(dataset, subset, root=data_root)
     name = defense if isinstance(defense, str) else getattr(defense, "name", "defense")
