@@ -47,15 +47,18 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e).replace("--seed ", "")) from None
 
 
-def _positive_int(text: str) -> int:
-    """argparse type of counts (--batch-size, --steps, --eot, --eval-repeats): an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+def _positive_int(what: str):
+    """argparse type of a count (--batch-size, --steps, --eot, --eval-repeats): an integer >= 1."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be positive (an integer >= 1), got {v}")
+        return v
+
+    return parse
 
 
 def _empty_flag(args: argparse.Namespace, argv: Sequence[str]) -> str | None:
@@ -414,17 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--attacks", default=None, help="comma-separated presets (see `bench list attacks`); "
                    "'clean' alone evaluates clean accuracy only")
     r.add_argument("--eps", default=None, help="override eps, e.g. 8/255 or 0.5")
-    r.add_argument("--steps", type=_positive_int, default=None, help="override attack steps")
-    r.add_argument("--eot", type=_positive_int, default=None, help="override EOT draws")
+    r.add_argument("--steps", type=_positive_int("steps"), default=None, help="override attack steps")
+    r.add_argument("--eot", type=_positive_int("eot"), default=None, help="override EOT draws")
     r.add_argument("--protocol", default=None, help="a published protocol (configs/protocols/NAME.yaml)")
     r.add_argument("--scale", default=None, help="full | cpu | smoke (default: cpu on a CPU, full on a GPU or with --protocol)")
-    r.add_argument("--eval-repeats", type=_positive_int, default=1, help="k forward passes on each final example")
+    r.add_argument("--eval-repeats", type=_positive_int("eval repeats"), default=1, help="k forward passes on each final example")
     r.add_argument("--checkpoint", default=None, help="local checkpoint for robustbench:<Name> etc.")
     r.add_argument("--defense-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword of the defense's factory (repeatable), e.g. --defense-opt steps=10 for "
                         "diffpure's denoising steps; recorded in the run record and its hash")
     r.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    r.add_argument("--batch-size", type=_positive_int, default=64)
+    r.add_argument("--batch-size", type=_positive_int("batch size"), default=64)
     r.add_argument("--seed", type=_seed, default=0)
     r.add_argument("--precision", default="fp32", help="fp32 | bf16: attack forward/backward under bf16 autocast if "
                    "its input gradients match fp32 on the first batch (cosine >= 0.99), else fp32; reported "
@@ -478,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     rp.add_argument("--results", default="runs", help="run directories go to RESULTS/reproduce/PROTOCOL/")
     rp.add_argument("--data-root", default=None, help="folder for canonical datasets")
-    rp.add_argument("--batch-size", type=_positive_int, default=64)
+    rp.add_argument("--batch-size", type=_positive_int("batch size"), default=64)
     rp.add_argument("--seed", type=_seed, default=0)
     rp.add_argument("--quiet", action="store_true", help="no progress notes")
     rp.set_defaults(func=cmd_reproduce)
@@ -503,14 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
         if kind != "eps":
             c.add_argument("--eps", default=None, help="fixed eps, e.g. 8/255 (the sweep's; and only runs at it)")
         if kind != "steps":
-            c.add_argument("--steps", type=_positive_int, default=None, help="fixed attack steps (the sweep's; and only runs at it)")
+            c.add_argument("--steps", type=_positive_int("steps"), default=None, help="fixed attack steps (the sweep's; and only runs at it)")
         if kind != "eot":
-            c.add_argument("--eot", type=_positive_int, default=None, help="fixed EOT draws (the sweep's; and only runs at it)")
+            c.add_argument("--eot", type=_positive_int("eot"), default=None, help="fixed EOT draws (the sweep's; and only runs at it)")
         c.add_argument("--fixed-step", action="store_true",
                        help="with --sweep: keep the preset's PGD step size at every eps (default: scale it with "
                             "eps, keeping the preset's step/eps ratio)")
         c.add_argument("--device", default="cpu")
-        c.add_argument("--batch-size", type=_positive_int, default=64)
+        c.add_argument("--batch-size", type=_positive_int("batch size"), default=64)
         c.add_argument("--seed", type=_seed, default=0)
         c.add_argument("--data-root", default=None)
         c.add_argument("--quiet", action="store_true")
@@ -524,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attack", default=None, help="attack preset (default pgd, or pgd_eot if the defense is stochastic)")
     g.add_argument("--threat", default="linf", choices=("linf", "l2", "stadv"))
     g.add_argument("--eps", default=None, help="e.g. 8/255 (default: the preset's)")
-    g.add_argument("--steps", type=_positive_int, default=None)
+    g.add_argument("--steps", type=_positive_int("steps"), default=None)
     g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--data-root", default=None)
@@ -539,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--features", default=None, help="classifier for FD/KID features (default DATASET_standard)")
     q.add_argument("--inception-weights", default=None, help="torch-fidelity's Inception weights file, for FID/KID")
     q.add_argument("--seed", type=_seed, default=0)
-    q.add_argument("--batch-size", type=_positive_int, default=64)
+    q.add_argument("--batch-size", type=_positive_int("batch size"), default=64)
     q.add_argument("--device", default="cpu")
     q.add_argument("--data-root", default=None)
     q.add_argument("--out", default=None, help="also write the report as JSON to FILE")
