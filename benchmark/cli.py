@@ -86,9 +86,7 @@ def _parse_eps(text: str | None) -> float | None:
 def spec_from_args(args: argparse.Namespace):
     from .runner import RunSpec, validate_spec
 
-    attacks = None
-    if args.attacks:
-        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    attacks = _names(args.attacks, "--attacks")
     scale = args.scale or ("full" if args.device.startswith("cuda") or args.protocol else "cpu")
     spec = RunSpec(defense=args.defense, dataset=args.dataset, threat=args.threat, subset=args.subset,
                    source=args.source, attacks=attacks, eps=_parse_eps(args.eps), steps=args.steps, eot=args.eot,
@@ -304,7 +302,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from leaderboards.reproduce import report_tables, reproduce
 
     con = _wide_console()
-    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()] if args.defenses else None
+    defenses = _names(args.defenses, "--defenses")
     scale = args.scale or ("full" if args.device.startswith("cuda") else "cpu")
     rep = reproduce(args.protocol, scale=scale, defenses=defenses, device=args.device, results=args.results,
                     batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
@@ -317,8 +315,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ plot, quality
-def _names(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+def _names(text: str | None, flag: str = "") -> list[str] | None:
+    """A comma-separated list of names; None when the flag is absent. ``--attacks ,`` names
+    nothing: an error, not a silent "use the default"."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise BenchError(f"{flag or 'a list flag'} {text!r} names nothing; leave the flag out for the default")
+    return names
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -338,8 +343,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         con.print(f"wrote {res.path}: {len(res.labels)} image(s) x {len(res.columns)} column(s) "
                   f"({', '.join(res.columns)})", markup=False, soft_wrap=True)
         return 0
-    defenses = _names(args.defense)
-    families = _names(args.family)
+    defenses = _names(args.defense, "--defense")
+    families = _names(args.family, "--family")
     eps, steps, eot = _parse_eps(getattr(args, "eps", None)), getattr(args, "steps", None), getattr(args, "eot", None)
     who = "-".join(defenses) if defenses else "all"
     out = args.out or f"{args.results}/plots/acc-vs-{args.kind}-{who.replace('/', '_').replace(':', '_')}-{args.dataset}.png"
@@ -349,7 +354,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise BenchError("--sweep needs --defense NAME[,NAME...]")
         values = parse_values(args.sweep, args.kind)
         for d in defenses:
-            sweep(d, args.kind, values, dataset=args.dataset, threat=args.threat, attacks=_names(args.attacks),
+            sweep(d, args.kind, values, dataset=args.dataset, threat=args.threat, attacks=_names(args.attacks, "--attacks"),
                   subset=args.subset, eps=eps, steps=steps, eot=eot,
                   scale=args.scale or "cpu", batch_size=args.batch_size, seed=args.seed, device=args.device,
                   results=args.results, data_root=args.data_root, scale_step=not args.fixed_step,

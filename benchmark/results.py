@@ -130,11 +130,15 @@ def check_rows(rows: list[Any], index: int, record: dict[str, Any]) -> str | Non
 def check_file_writable(path: str | Path) -> Path:
     """Prove ``path`` can be written as a file (not a folder; its folder writable) before the work."""
     p = Path(path)
-    if p.is_dir():
-        raise BenchError(f"cannot write {p}: it is a directory")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=p.parent)
+        if p.is_dir():
+            raise BenchError(f"cannot write {p}: it is a directory")
+        folder = p.parent
+        while not folder.exists():  # created only when the file is written: a failed command leaves nothing
+            folder = folder.parent
+        if not folder.is_dir():
+            raise BenchError(f"cannot write {p}: {folder} is not a directory")
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=folder)
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:

@@ -19,6 +19,15 @@ def os_reason(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
+def is_file(path: str | Path) -> bool:
+    """``Path.is_file`` that says False, instead of raising, for a name the OS cannot even look up
+    (too long, say)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def read_text(path: str | Path, what: str = "file", *, max_bytes: int = MAX_TEXT_BYTES) -> str:
     """The UTF-8 text of ``path`` (``what`` names it in the error: "baseline", "config"...)."""
     p = Path(path)

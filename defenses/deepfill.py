@@ -304,7 +304,7 @@ def _load_container(path: Path) -> Any:
             raise BenchError(f"corrupt checkpoint {path}: {first_line(e)}") from None
         raise BenchError(f"checkpoint {path} needs pickle to load (it holds Python objects, not just tensors); "
                          "refusing to unpickle an untrusted file") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as e:  # garbage bytes
         raise BenchError(f"corrupt checkpoint {path}: {first_line(e)}") from None
 
 

@@ -48,8 +48,10 @@ def _unwrap(obj: Any) -> dict[str, Tensor]:
 
 def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str, Tensor]:
     """Load a state dict safely, checking ``sha256`` when given."""
+    from benchmark.safe_io import is_file
+
     p = Path(path)
-    if not p.is_file():
+    if not is_file(p):
         raise BenchError(f"checkpoint not found: {p}")
     if sha256 is not None:
         got = sha256_file(p)
@@ -72,7 +74,7 @@ def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str,
             f"checkpoint {p} needs pickle to load (it holds Python objects, not just tensors); "
             "refusing to unpickle an untrusted file: re-save it as a state dict or safetensors"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as e:  # garbage bytes
         raise BenchError(f"corrupt checkpoint {p}: {first_line(e)}") from None
     return _unwrap(obj)
 

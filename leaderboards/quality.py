@@ -241,8 +241,10 @@ def inception_weights_path(path: str | Path | None = None) -> Path | None:
     """torch-fidelity's Inception weights if present locally: ``path`` or the torch hub cache
     where torch-fidelity keeps them after a download. None when absent."""
     if path is not None:
+        from benchmark.safe_io import is_file
+
         p = Path(path)
-        if not p.is_file():
+        if not is_file(p):
             raise BenchError(f"--inception-weights {p}: no such file")
         return p
     p = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE

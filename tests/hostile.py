@@ -113,6 +113,8 @@ def tree(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int, b
         dirnames[:] = [n for n in dirnames if not any((d / n) == s for s in skip)]
         for n in filenames + dirnames:
             p = d / n
+            if p in skip:
+                continue
             st = p.lstat()
             if p.is_dir() or not p.is_file():  # folders and FIFOs: presence only (a folder's mtime moves with its files)
                 out[str(p.relative_to(root))] = (0, 0, None)
