@@ -249,7 +249,7 @@ def test_eps_outside_the_unit_interval(sandbox, eps):
 
 
 # -------------------------------------------------------------------------------- process boundary
-@pytest.mark.parametrize("what", ["fifo.yaml", "bomb.yaml", "deep.yaml"])
+@pytest.mark.parametrize("what", ["fifo.yaml", "bomb.yaml"])
 def test_no_hostile_file_hangs_the_process(sandbox, what):
     """A FIFO would block open() forever; an alias bomb took 56 s to a MemoryError."""
     p = subprocess.run([sys.executable, "-m", "benchmark.cli", "check", "--baseline", str(sandbox["files"][what])],
