@@ -73,7 +73,9 @@ def load_yaml_text(text: str, where: str, *, max_nodes: int = MAX_YAML_NODES) ->
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BenchError(f"bad YAML in {where}{at}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
+        # both wordings: "bad YAML in" (configs) and "not valid YAML" (baselines) are what users grep for
+        raise BenchError(f"bad YAML in {where}{at} (not valid YAML): "
+                         f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
     except RecursionError:
         raise BenchError(f"{where}: the YAML is nested too deeply") from None
     finally:
