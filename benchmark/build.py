@@ -41,9 +41,12 @@ def make_defense(
     options = dict(options or {})
     if ":" in name and not name.startswith("robustbench:"):
         return load_plugin(name, dataset=dataset, device=device, options=options, probe_images=probe_images)
+    from .options import check_options
+
     if name.startswith("robustbench:"):
         from defenses.zoo import make_robustbench_defense
 
+        options = check_options(f"defense {name!r}", make_robustbench_defense, options)
         return make_robustbench_defense(name.split(":", 1)[1], dataset=dataset, device=device,
                                         checkpoint=checkpoint, **options)
     load_builtins()
@@ -53,6 +56,7 @@ def make_defense(
         raise BenchError(f"defense {name!r} exists for {', '.join(datasets)}, not for dataset {dataset!r}")
     if checkpoint is not None:
         options["checkpoint"] = checkpoint
+    options = check_options(f"defense {name!r}", entry.factory, options)  # typed, from the factory's signature
     try:
         return entry.factory(dataset=dataset, device=device, **options)
     except TypeError as e:
@@ -136,17 +140,25 @@ def load_plugin(target: str, *, dataset: str, device: torch.device | str, option
     """A user's defense: a callable returning a Defense, or any nn.Module ([0,1] images -> logits)."""
     from defenses.base import Defense, ModuleDefense
 
+    from .options import check_options
+    from .plugin_check import guard_module, guard_plugin
+
     fn = _load_callable(target)
+    options = check_options(f"plugin {target!r}", fn, options)
     try:
         obj = fn(**options) if options else fn()
     except TypeError as e:
         raise BenchError(f"plugin {target!r} could not be called: {e}") from None
+    except BenchError:
+        raise
+    except Exception as e:  # a user's factory may fail in any way: one line naming it
+        raise BenchError(f"plugin {target!r} failed in its factory: {type(e).__name__}: {e}") from None
     if isinstance(obj, Defense):
         obj.name = obj.name if obj.name != "defense" else target
         obj.info.setdefault("plugin", target)
-        return obj.to(device).freeze()
+        return guard_plugin(obj.to(device).freeze(), target, dataset)
     if isinstance(obj, torch.nn.Module):
-        obj = obj.to(device).eval()
+        obj = guard_module(obj.to(device).eval(), target, dataset)
         stochastic = _probe_stochastic(obj, device, _probe_images(dataset, probe_images), target)
         return ModuleDefense(obj, name=target, stochastic=stochastic, info={"plugin": target}).freeze()
     raise BenchError(f"plugin {target!r} returned {type(obj).__name__}; expected a Defense or an nn.Module")

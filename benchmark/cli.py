@@ -29,18 +29,50 @@ def _console(stderr: bool = False):
 
 
 def _parse_set(values: Sequence[str], flag: str = "--set") -> dict[str, Any]:
-    import yaml
+    from .config import load_yaml_text
 
     out: dict[str, Any] = {}
     for item in values:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise BenchError(f"{flag} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            raise BenchError(f"{flag} {item!r}: the value is not valid YAML") from None
+        out[k.strip()] = load_yaml_text(v, f"{flag} {item!r}")
     return out
+
+
+def _seed(text: str) -> int:
+    """argparse type of every --seed: the range check of :func:`benchmark.seeds.check_seed`."""
+    from .seeds import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    except BenchError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--seed ", "")) from None
+
+
+def _positive_int(what: str):
+    """argparse type of a count (--batch-size, --steps, --eot, --eval-repeats): an integer >= 1."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be positive (an integer >= 1), got {v}")
+        return v
+
+    return parse
+
+
+def _empty_flag(args: argparse.Namespace, argv: Sequence[str]) -> str | None:
+    """The first flag given an empty value (``--out ""``): never a silent "use the default"."""
+    for k, v in vars(args).items():
+        if v == "" or (isinstance(v, list) and "" in v):
+            flag = "--" + k.replace("_", "-")
+            return flag if flag in argv or any(a.startswith(flag + "=") for a in argv) else k
+    return None
 
 
 # --------------------------------------------------------------------------- run
@@ -56,9 +88,7 @@ def _parse_eps(text: str | None) -> float | None:
 def spec_from_args(args: argparse.Namespace):
     from .runner import RunSpec, validate_spec
 
-    attacks = None
-    if args.attacks:
-        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    attacks = _names(args.attacks, "--attacks")
     from .api import default_scale
 
     scale = args.scale or default_scale(args.device, bool(args.protocol))
@@ -150,6 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         con.print(f"precision: attack gradients in {pc['used']} (requested {pc['requested']}; {pc['requested']}-vs-fp32 input-gradient "
                   f"cosine min {pc['min_cosine']}, mean {pc['mean_cosine']}, threshold {pc['threshold']}"
                   + (f"; {pc['error']}" if pc.get("error") else "") + "); reported accuracies: fp32 forward passes")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     if result.resumed:
         con.print(f"(resumed from {out})")
     return 0
@@ -205,9 +237,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import importlib
 
+    from pathlib import Path
+
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise BenchError(f"cannot write training output folder {args.out}: it is a file")
     mod = importlib.import_module(f"benchmark.train.{args.kind}")
-    out = mod.main(args.config, device=args.device, out_dir=args.out, data_root=args.data_root,
-                   resume=not args.no_resume, overrides=_parse_set(args.set))
+    try:
+        out = mod.main(args.config, device=args.device, out_dir=args.out, data_root=args.data_root,
+                       resume=not args.no_resume, overrides=_parse_set(args.set))
+    except OSError as e:  # a folder that cannot be made or written (read-only, full disk): one line
+        raise BenchError(f"cannot write {e.filename or args.out or 'the training output'}: {e.strerror or e}") from None
     _console().print(f"[green]done[/]: {out}")
     return 0
 
@@ -227,6 +266,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     from .results import atomic_write_text
 
+    if args.out:
+        from .results import check_file_writable
+
+        check_file_writable(args.out)
     tables, notes = build_board(args.dataset, args.threat, args.results)
     text = render(tables, notes, args.format, title=f"purifybench leaderboard: {args.dataset}")
     if args.out:
@@ -258,7 +301,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from leaderboards.reproduce import report_tables, reproduce
 
     con = _wide_console()
-    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()] if args.defenses else None
+    defenses = _names(args.defenses, "--defenses")
     from .api import default_scale
 
     scale = args.scale or default_scale(args.device)
@@ -273,37 +316,50 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ plot, quality
-def _names(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+def _names(text: str | None, flag: str = "") -> list[str] | None:
+    """A comma-separated list of names; None when the flag is absent. ``--attacks ,`` names
+    nothing: an error, not a silent "use the default"."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise BenchError(f"{flag or 'a list flag'} {text!r} names nothing; leave the flag out for the default")
+    return names
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from leaderboards.plots import image_grid, parse_values, plot_accuracy, sweep
 
+    from leaderboards.plots import check_figure_path
+
+    from .results import check_file_writable
+
     con = _console()
     if args.kind == "grid":
         out = args.out or f"{args.results}/plots/grid-{args.defense.replace('/', '_').replace(':', '_')}-{args.dataset}.png"
+        check_file_writable(check_figure_path(out))
         res = image_grid(args.defense, out, defense_options=_parse_set(args.defense_opt, "--defense-opt"), dataset=args.dataset, subset=args.subset, attack=args.attack,
                          threat=args.threat, eps=_parse_eps(args.eps), steps=args.steps, seed=args.seed,
                          device=args.device, data_root=args.data_root)
         con.print(f"wrote {res.path}: {len(res.labels)} image(s) x {len(res.columns)} column(s) "
                   f"({', '.join(res.columns)})", markup=False, soft_wrap=True)
         return 0
-    defenses = _names(args.defense)
-    families = _names(args.family)
+    defenses = _names(args.defense, "--defense")
+    families = _names(args.family, "--family")
     eps, steps, eot = _parse_eps(getattr(args, "eps", None)), getattr(args, "steps", None), getattr(args, "eot", None)
+    who = "-".join(defenses) if defenses else "all"
+    out = args.out or f"{args.results}/plots/acc-vs-{args.kind}-{who.replace('/', '_').replace(':', '_')}-{args.dataset}.png"
+    check_file_writable(check_figure_path(out))
     if args.sweep:
         if not defenses:
             raise BenchError("--sweep needs --defense NAME[,NAME...]")
         values = parse_values(args.sweep, args.kind)
         for d in defenses:
-            sweep(d, args.kind, values, dataset=args.dataset, threat=args.threat, attacks=_names(args.attacks),
+            sweep(d, args.kind, values, dataset=args.dataset, threat=args.threat, attacks=_names(args.attacks, "--attacks"),
                   subset=args.subset, eps=eps, steps=steps, eot=eot,
                   scale=args.scale or "cpu", batch_size=args.batch_size, seed=args.seed, device=args.device,
                   results=args.results, data_root=args.data_root, scale_step=not args.fixed_step,
                   on_note=None if args.quiet else (lambda m: con.print(m, markup=False, soft_wrap=True)))
-    who = "-".join(defenses) if defenses else "all"
-    out = args.out or f"{args.results}/plots/acc-vs-{args.kind}-{who.replace('/', '_').replace(':', '_')}-{args.dataset}.png"
     fixed = {k: v for k, v in (("eps", eps), ("steps", steps), ("eot", eot)) if k != args.kind}
     res = plot_accuracy(args.results, args.kind, out, defenses=defenses, dataset=args.dataset, threat=args.threat,
                         families=families, scale=args.scale if not args.sweep else (args.scale or "cpu"),
@@ -327,6 +383,10 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
     from .results import atomic_write_text
 
+    if args.out:
+        from .results import check_file_writable
+
+        check_file_writable(args.out)
     rep = evaluate_quality(args.defense, dataset=args.dataset, subset=args.subset, features=args.features,
                            inception_weights=args.inception_weights, seed=args.seed, batch_size=args.batch_size,
                            device=args.device, data_root=args.data_root)
@@ -363,18 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--attacks", default=None, help="comma-separated presets (see `bench list attacks`); "
                    "'clean' alone evaluates clean accuracy only")
     r.add_argument("--eps", default=None, help="override eps, e.g. 8/255 or 0.5")
-    r.add_argument("--steps", type=int, default=None, help="override attack steps")
-    r.add_argument("--eot", type=int, default=None, help="override EOT draws")
+    r.add_argument("--steps", type=_positive_int("steps"), default=None, help="override attack steps")
+    r.add_argument("--eot", type=_positive_int("eot"), default=None, help="override EOT draws")
     r.add_argument("--protocol", default=None, help="a published protocol (configs/protocols/NAME.yaml)")
     r.add_argument("--scale", default=None, help="full | cpu | smoke (default: cpu on a CPU, full on a GPU or with --protocol)")
-    r.add_argument("--eval-repeats", type=int, default=1, help="k forward passes on each final example")
+    r.add_argument("--eval-repeats", type=_positive_int("eval repeats"), default=1, help="k forward passes on each final example")
     r.add_argument("--checkpoint", default=None, help="local checkpoint for robustbench:<Name> etc.")
     r.add_argument("--defense-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword of the defense's factory (repeatable), e.g. --defense-opt steps=10 for "
                         "diffpure's denoising steps; recorded in the run record and its hash")
     r.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--batch-size", type=_positive_int("batch size"), default=64)
+    r.add_argument("--seed", type=_seed, default=0)
     r.add_argument("--precision", default="fp32", help="fp32 | bf16: attack forward/backward under bf16 autocast if "
                    "its input gradients match fp32 on the first batch (cosine >= 0.99), else fp32; reported "
                    "accuracies always come from fp32 forward passes")
@@ -427,15 +487,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     rp.add_argument("--results", default="runs", help="run directories go to RESULTS/reproduce/PROTOCOL/")
     rp.add_argument("--data-root", default=None, help="folder for canonical datasets")
-    rp.add_argument("--batch-size", type=int, default=64)
-    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--batch-size", type=_positive_int("batch size"), default=64)
+    rp.add_argument("--seed", type=_seed, default=0)
     rp.add_argument("--quiet", action="store_true", help="no progress notes")
     rp.set_defaults(func=cmd_reproduce)
 
     pl = sub.add_parser("plot", help="figures: accuracy vs eps / steps / EOT from stored runs, or an image grid")
     plk = pl.add_subparsers(dest="kind", required=True)
     for kind, what in (("eps", "eps"), ("steps", "attack steps"), ("eot", "EOT draws")):
-        c = plk.add_parser(kind, help=f"robust accuracy against {what}, with 95% intervals")
+        c = plk.add_parser(kind, help=f"robust accuracy against {what}, with 95%% intervals")
         c.add_argument("--defense", default=None, help="defense name(s), comma-separated (default: every stored one)")
         c.add_argument("--dataset", default="cifar10")
         c.add_argument("--threat", default="linf", choices=THREATS)
@@ -452,15 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
         if kind != "eps":
             c.add_argument("--eps", default=None, help="fixed eps, e.g. 8/255 (the sweep's; and only runs at it)")
         if kind != "steps":
-            c.add_argument("--steps", type=int, default=None, help="fixed attack steps (the sweep's; and only runs at it)")
+            c.add_argument("--steps", type=_positive_int("steps"), default=None, help="fixed attack steps (the sweep's; and only runs at it)")
         if kind != "eot":
-            c.add_argument("--eot", type=int, default=None, help="fixed EOT draws (the sweep's; and only runs at it)")
+            c.add_argument("--eot", type=_positive_int("eot"), default=None, help="fixed EOT draws (the sweep's; and only runs at it)")
         c.add_argument("--fixed-step", action="store_true",
                        help="with --sweep: keep the preset's PGD step size at every eps (default: scale it with "
                             "eps, keeping the preset's step/eps ratio)")
         c.add_argument("--device", default="cpu")
-        c.add_argument("--batch-size", type=int, default=64)
-        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--batch-size", type=_positive_int("batch size"), default=64)
+        c.add_argument("--seed", type=_seed, default=0)
         c.add_argument("--data-root", default=None)
         c.add_argument("--quiet", action="store_true")
         c.set_defaults(func=cmd_plot)
@@ -473,8 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attack", default=None, help="attack preset (default pgd, or pgd_eot if the defense is stochastic)")
     g.add_argument("--threat", default="linf", choices=THREATS)
     g.add_argument("--eps", default=None, help="e.g. 8/255 (default: the preset's)")
-    g.add_argument("--steps", type=int, default=None)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=_positive_int("steps"), default=None)
+    g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--data-root", default=None)
     g.add_argument("--results", default="runs", help="default output folder RESULTS/plots/")
@@ -487,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--subset", default="first:64")
     q.add_argument("--features", default=None, help="classifier for FD/KID features (default DATASET_standard)")
     q.add_argument("--inception-weights", default=None, help="torch-fidelity's Inception weights file, for FID/KID")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--seed", type=_seed, default=0)
+    q.add_argument("--batch-size", type=_positive_int("batch size"), default=64)
     q.add_argument("--device", default="cpu")
     q.add_argument("--data-root", default=None)
     q.add_argument("--out", default=None, help="also write the report as JSON to FILE")
@@ -501,6 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args._explicit = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    empty = _empty_flag(args, argv)
+    if empty is not None:
+        sys.stderr.write(f"error: {empty} was given an empty value; leave it out for the default\n")
+        return 2
     try:
         return int(args.func(args) or 0)
     except BenchError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,16 +23,74 @@ from .resources import resolve_config_path
 T = TypeVar("T")
 
 
-def read_yaml(path: str | Path) -> Any:
-    p = resolve_config_path(path)  # configs/... also from outside the checkout
-    if not p.is_file():
-        raise BenchError(f"config file not found: {p}")
+# What one YAML document may expand to, counting every alias as a copy of its anchor: the
+# shipped configs have a few hundred nodes; an alias bomb (a "billion laughs") has billions and
+# would take minutes and gigabytes before failing, so it is refused before it is constructed.
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(root: Any, where: str, limit: int) -> int:
+    """Nodes in the document tree ``root`` once every alias is expanded (memoized, iterative)."""
+    size: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            kids = node.value if isinstance(node, yaml.SequenceNode) else \
+                [n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode) else []
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            if size[key] > limit:
+                raise BenchError(f"{where}: the YAML expands to more than {limit:,} nodes (aliases counted as "
+                                 "copies); refusing it (an alias bomb?)")
+            continue
+        if key in size:
+            continue
+        if key in active:
+            raise BenchError(f"{where}: the YAML refers to itself through an alias (recursive anchor)")
+        active.add(key)
+        stack.append((node, True))
+        kids = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode) else []
+        stack.extend((k, False) for k in kids if id(k) not in size)
+    return size[id(root)]
+
+
+def load_yaml_text(text: str, where: str, *, max_nodes: int = MAX_YAML_NODES) -> Any:
+    """``yaml.safe_load`` of ``text``, refusing documents that expand past ``max_nodes``.
+
+    The one YAML loader of the tool (configs, protocols, baselines, published tables, ``--set``
+    values): python tags are refused by the safe loader, aliases are bounded here, and every
+    failure is a BenchError naming ``where``."""
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(p.read_text())
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, where, max_nodes)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BenchError(f"bad YAML in {p}{where}: {getattr(e, 'problem', None) or e}") from None
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        # both wordings: "bad YAML in" (configs) and "not valid YAML" (baselines) are what users grep for
+        raise BenchError(f"bad YAML in {where}{at} (not valid YAML): "
+                         f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise BenchError(f"{where}: the YAML is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The YAML document in ``path`` (UTF-8, bounded; see :func:`load_yaml_text`)."""
+    from .safe_io import read_text
+
+    p = resolve_config_path(path)  # configs/... also from outside the checkout
+    if not p.exists():
+        raise BenchError(f"{what} not found: {p}")
+    return load_yaml_text(read_text(p, what), str(p))
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -67,6 +126,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BenchError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise BenchError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -93,6 +154,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     if unknown:
         raise BenchError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(fields)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    if "seed" in kwargs and hints.get("seed") is int:  # every config's seed: the one range of benchmark.seeds
+        from .seeds import check_seed
+
+        check_seed(kwargs["seed"], f"{where}.seed")
     missing = [
         n for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]

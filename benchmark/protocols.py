@@ -50,7 +50,11 @@ def protocol_names() -> list[str]:
 
 def load_protocol(name: str) -> Protocol:
     path = resolve_config_path(name) if name.endswith((".yaml", ".yml")) else PROTOCOL_DIR / f"{name}.yaml"
-    if not path.is_file():
+    try:
+        present = path.exists()
+    except OSError:  # a name too long for the file system, say
+        present = False
+    if not present:
         raise BenchError(f"unknown protocol {name!r}; known: {', '.join(protocol_names()) or 'none'}")
     return load_config(path, Protocol)
 

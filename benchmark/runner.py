@@ -89,6 +89,12 @@ class RunSpec:
             raise ValueError(f"eval repeats must be positive, got {self.eval_repeats}")
         if self.batch_size <= 0:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        from .seeds import check_seed
+
+        try:
+            check_seed(self.seed, "seed")
+        except BenchError as e:
+            raise ValueError(str(e)) from None
         if self.scale not in SCALES:
             raise ValueError(f"unknown scale {self.scale!r}; choose from {', '.join(SCALES)}")
         from attacks.precision import PRECISIONS
@@ -230,6 +236,7 @@ class RunResult:
     record: dict[str, Any]
     summary: dict[str, Any]
     resumed: bool
+    notes: list[str] = field(default_factory=list)  # batch files of the store that were recomputed or ignored
 
 
 def run(
@@ -343,13 +350,15 @@ def run(
     done = store.done_batches()
     if final and len(done) == n_batches:
         rows = store.rows(n_batches)
+        if len(rows) != n:  # cannot happen with checked batches; a summary must never disagree with its record
+            raise BenchError(f"{store.dir}: {len(rows)} stored rows for a run of {n} images; not writing a summary")
         store.write_samples(rows)
         summary = summarize(rows, record)
         store.write_summary(summary)
         store.write_timing({**timing, "finished_unix": time.time()})
     else:
         summary = {}
-    return RunResult(store.dir, record, summary, resumed)
+    return RunResult(store.dir, record, summary, resumed, store.notes)
 
 
 def _apply_speed(spec: RunSpec, defense: Any, evalset: Any, device: torch.device) -> "SpeedChoice":

@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from benchmark.errors import BenchError
 from benchmark.commands import train_command
+from benchmark.errors import BenchError, first_line
 from benchmark.registry import register_defense
 from defenses.base import Defense, Noise
 from defenses.rt import RandomTransform
@@ -117,7 +117,7 @@ def load_purifier(weights: str, purifier: str) -> tuple[nn.Module, str | None]:
         net.load_state_dict(state)
     except RuntimeError as e:
         raise BenchError(f"shipped weights {weights!r} do not fit the {purifier} purifier: "
-                         f"{str(e).splitlines()[0]}") from None
+                         f"{first_line(e)}") from None
     return net, entries[weights].get("sha256")
 
 
@@ -150,11 +150,11 @@ def make_atop(name: str, *, dataset: str = "cifar10", device: str | torch.device
 
 
 def _factory(name: str) -> Any:
-    def make(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
-        unknown = [k for k in cfg if k != "classifier"]
+    def make(*, dataset: str = "cifar10", device: str | torch.device = "cpu", classifier: str = "cifar10_standard",
+             **unknown: Any) -> Defense:
         if unknown:
             raise BenchError(f"defense {name!r} takes only the option 'classifier'; got {sorted(unknown)}")
-        return make_atop(name, dataset=dataset, device=device, **cfg)
+        return make_atop(name, dataset=dataset, device=device, classifier=classifier)
 
     make.__doc__ = VARIANTS[name][4]
     make.__name__ = f"make_{name}"

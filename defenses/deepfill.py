@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, first_line
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, rand, randn
@@ -302,11 +302,11 @@ def _load_container(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():
-            raise BenchError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None
+            raise BenchError(f"corrupt checkpoint {path}: {first_line(e)}") from None
         raise BenchError(f"checkpoint {path} needs pickle to load (it holds Python objects, not just tensors); "
                          "refusing to unpickle an untrusted file") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BenchError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as e:  # garbage bytes
+        raise BenchError(f"corrupt checkpoint {path}: {first_line(e)}") from None
 
 
 _OPTIONS = ("weights", "checkpoint", "classifier", "rt", "size", "cnum", "output")
@@ -315,8 +315,13 @@ _OPTIONS = ("weights", "checkpoint", "classifier", "rt", "size", "cnum", "output
 @register_defense("atop_deepfill", datasets=("cifar10", "cifar100", "imagenette"), stochastic=True,
                   summary="AToP with the authors' DeepFillv2 generator at 256 px, RT1/RT2: weights=PATH to a glin2022/atop "
                   "states_*.pth or deepfillv2-pytorch's states_pt_places2.pth (github.com/nipponjo/deepfillv2-pytorch)")
-def make_atop_deepfill(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
+def make_atop_deepfill(*, dataset: str = "cifar10", device: str | torch.device = "cpu", weights: str | None = None,
+                       checkpoint: str | None = None, classifier: str | None = None, rt: str | None = None,
+                       size: int | None = None, cnum: int | None = None, output: str | None = None,
+                       **unknown: Any) -> Defense:
     """AToP as glin2022/atop runs it: RT at 256 px -> DeepFillv2 generator (authors' checkpoint) -> classifier."""
+    named = dict(weights=weights, checkpoint=checkpoint, classifier=classifier, rt=rt, size=size, cnum=cnum, output=output)
+    cfg = {**{k: v for k, v in named.items() if v is not None}, **unknown}
     unknown = [k for k in cfg if k not in _OPTIONS]
     if unknown:
         raise BenchError(f"atop_deepfill: unknown option {unknown[0]!r}; options: {', '.join(_OPTIONS)}")

@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.errors import BenchError
 from benchmark.commands import train_command
+from benchmark.errors import BenchError, first_line
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, randn
@@ -67,10 +67,32 @@ def unet_from_state(state: dict[str, Tensor], unet_config: dict[str, Any]) -> UN
 
 
 def _meta(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BenchError(f"corrupt safetensors file {path}: {first_line(e)}") from None
+
+
+def _recipe_unet(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(UNet config, schedule) from a weights folder's ``recipe.json``, checked: a run folder is
+    the user's, its files may be edited or truncated."""
+    from benchmark.safe_io import read_text
+
+    path = root / "recipe.json"
+    try:
+        rec = json.loads(read_text(path, "recipe"))
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    unet = rec.get("unet") or (rec.get("config") or {}).get("unet") if isinstance(rec, dict) else None
+    if not isinstance(unet, dict):
+        raise BenchError(f"{path} names no UNet config (expected a mapping with 'unet' or 'config.unet')")
+    sched = rec.get("schedule") or {}
+    if not isinstance(sched, dict):
+        raise BenchError(f"{path}: 'schedule' must be a mapping, got {type(sched).__name__}")
+    return unet, sched
 
 
 def load_unet_folder(folder: str | Path) -> tuple[nn.Module, Schedule, dict[str, Any]]:
@@ -94,14 +116,20 @@ def load_unet_folder(folder: str | Path) -> tuple[nn.Module, Schedule, dict[str,
         raise BenchError(f"{root} holds neither weights.safetensors (a `bench train ddpm/addt` run) nor a diffusers unet/config.json")
     meta = _meta(wfile)
     if "unet" in meta:
-        unet_cfg, sched_cfg = json.loads(meta["unet"]), json.loads(meta.get("schedule", "{}"))
-    elif (root / "recipe.json").is_file():
-        rec = json.loads((root / "recipe.json").read_text())
-        unet_cfg, sched_cfg = rec.get("unet") or rec["config"]["unet"], rec.get("schedule", {})
+        try:
+            unet_cfg, sched_cfg = json.loads(meta["unet"]), json.loads(meta.get("schedule", "{}"))
+        except json.JSONDecodeError as e:
+            raise BenchError(f"{wfile}: its 'unet'/'schedule' metadata is not valid JSON ({e.msg})") from None
+    elif (root / "recipe.json").exists():
+        unet_cfg, sched_cfg = _recipe_unet(root)
     else:
         raise BenchError(f"{wfile} carries no UNet config (no metadata, no recipe.json beside it)")
-    model = unet_from_state(load_state_dict(wfile), unet_cfg)
-    schedule = Schedule(**{k: sched_cfg[k] for k in ("T", "beta_start", "beta_end") if k in sched_cfg})
+    try:
+        model = unet_from_state(load_state_dict(wfile), unet_cfg)
+        schedule = Schedule(**{k: sched_cfg[k] for k in ("T", "beta_start", "beta_end") if k in sched_cfg})
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:  # a config that builds no UNet
+        raise BenchError(f"{root}: the UNet config or schedule does not build a model "
+                         f"({type(e).__name__}: {first_line(e)})") from None
     return model, schedule, {"source": str(root), "format": "purifybench", "sha256": sha256_file(wfile)}
 
 
@@ -257,6 +285,11 @@ _OPTIONS = ("t_star", "steps", "sampler", "weights", "checkpoint", "classifier",
             "variance")
 
 
+def _given(unknown: dict[str, Any], **named: Any) -> dict[str, Any]:
+    """The options a caller gave: named ones not left at None, and unknown ones (build refuses them)."""
+    return {**{k: v for k, v in named.items() if v is not None}, **unknown}
+
+
 def build(
     name: str,
     *,
@@ -301,23 +334,35 @@ def build(
 
 @register_defense("diffpure", datasets=("cifar10",), stochastic=True,
                   summary="DiffPure: diffuse to t*, DDPM ancestral reverse (noise: forward, reverse)")
-def make_diffpure(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
+def make_diffpure(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
+                 steps: int | None = None, sampler: str | None = None, weights: str | None = None,
+                 checkpoint: str | None = None, classifier: str | None = None, clip_denoised: bool | None = None,
+                 grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
     """DiffPure with our CIFAR-10 DDPM and DDPM (or, with sampler=ddim, DDIM) reverse steps."""
     return build("diffpure", dataset=dataset, device=device, default_weights=DDPM_WEIGHTS,
-                 default_sampler="ddpm", fixed_sampler=False, **cfg)
+                 default_sampler="ddpm", fixed_sampler=False, **_given(unknown, t_star=t_star, steps=steps, sampler=sampler, weights=weights, checkpoint=checkpoint,
+                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
 
 
 @register_defense("diffpure_ddim", datasets=("cifar10",), stochastic=True,
                   summary="DiffPure with deterministic DDIM reverse (noise: forward only)")
-def make_diffpure_ddim(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
+def make_diffpure_ddim(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
+                 steps: int | None = None, sampler: str | None = None, weights: str | None = None,
+                 checkpoint: str | None = None, classifier: str | None = None, clip_denoised: bool | None = None,
+                 grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
     """DiffPure with DDIM reverse steps: the only randomness is the forward noise."""
     return build("diffpure_ddim", dataset=dataset, device=device, default_weights=DDPM_WEIGHTS,
-                 default_sampler="ddim", fixed_sampler=True, **cfg)
+                 default_sampler="ddim", fixed_sampler=True, **_given(unknown, t_star=t_star, steps=steps, sampler=sampler, weights=weights, checkpoint=checkpoint,
+                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
 
 
 @register_defense("addt", datasets=("cifar10",), stochastic=True,
                   summary="ADDT: DiffPure with the adversarially fine-tuned (ADDT+RBGM) DDPM")
-def make_addt(*, dataset: str = "cifar10", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
+def make_addt(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
+                 steps: int | None = None, sampler: str | None = None, weights: str | None = None,
+                 checkpoint: str | None = None, classifier: str | None = None, clip_denoised: bool | None = None,
+                 grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
     """DiffPure purification with the ADDT-fine-tuned UNet (DDPM reverse unless sampler=ddim)."""
     return build("addt", dataset=dataset, device=device, default_weights=ADDT_WEIGHTS,
-                 default_sampler="ddpm", fixed_sampler=False, **cfg)
+                 default_sampler="ddpm", fixed_sampler=False, **_given(unknown, t_star=t_star, steps=steps, sampler=sampler, weights=weights, checkpoint=checkpoint,
+                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, first_line
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, randn
@@ -203,7 +203,7 @@ def load_torchvision_classifier(arch: str, weights: str | Path | None, dataset: 
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise BenchError(f"{path} does not fit torchvision's {arch}: {str(e).splitlines()[0]}") from None
+        raise BenchError(f"{path} does not fit torchvision's {arch}: {first_line(e)}") from None
     return ImageNetClassifier(net, IMAGENETTE_INDEX if dataset == "imagenette" else None).eval(), digest
 
 
@@ -216,8 +216,15 @@ _OPTIONS = ("weights", "checkpoint", "classifier", "classifier_weights", "t", "t
                   summary=f"DiffPure ImageNet: weights=PATH to guided-diffusion's {UNET_FILE} ({UNET_URL}), t*=0.15, "
                   "reverse VP-SDE Euler dt=1e-3, torchvision ResNet-50 / WRN-50-2 (classifier_weights=PATH to "
                   "resnet50-0676ba61.pth / wide_resnet50_2-95faca4d.pth from download.pytorch.org/models)")
-def make_diffpure_imagenet(*, dataset: str = "imagenet", device: str | torch.device = "cpu", **cfg: Any) -> Defense:
+def make_diffpure_imagenet(*, dataset: str = "imagenet", device: str | torch.device = "cpu", weights: str | None = None,
+                           checkpoint: str | None = None, classifier: str | None = None,
+                           classifier_weights: str | None = None, t: int | None = None, t_star: float | None = None,
+                           dt: float | None = None, fp16: bool | str | None = None, unet: str | None = None,
+                           grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
     """DiffPure (ImageNet, authors' process): guided-diffusion 256x256 uncond UNet + reverse VP-SDE + torchvision classifier."""
+    named = dict(weights=weights, checkpoint=checkpoint, classifier=classifier, classifier_weights=classifier_weights,
+                 t=t, t_star=t_star, dt=dt, fp16=fp16, unet=unet, grad_checkpoint=grad_checkpoint)
+    cfg = {**{k: v for k, v in named.items() if v is not None}, **unknown}
     unknown = [k for k in cfg if k not in _OPTIONS]
     if unknown:
         raise BenchError(f"diffpure_imagenet: unknown option {unknown[0]!r}; options: {', '.join(_OPTIONS)}")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, first_line
 from benchmark.resources import cache_dir  # noqa: F401  (its home is the ground layer; re-exported)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -45,8 +45,10 @@ def _unwrap(obj: Any) -> dict[str, Tensor]:
 
 def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str, Tensor]:
     """Load a state dict safely, checking ``sha256`` when given."""
+    from benchmark.safe_io import is_file
+
     p = Path(path)
-    if not p.is_file():
+    if not is_file(p):
         raise BenchError(f"checkpoint not found: {p}")
     if sha256 is not None:
         got = sha256_file(p)
@@ -64,13 +66,13 @@ def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str,
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():  # not a forbidden object: the bytes themselves are bad
-            raise BenchError(f"corrupt checkpoint {p}: {str(e).splitlines()[0]}") from None
+            raise BenchError(f"corrupt checkpoint {p}: {first_line(e)}") from None
         raise BenchError(
             f"checkpoint {p} needs pickle to load (it holds Python objects, not just tensors); "
             "refusing to unpickle an untrusted file: re-save it as a state dict or safetensors"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BenchError(f"corrupt checkpoint {p}: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as e:  # garbage bytes
+        raise BenchError(f"corrupt checkpoint {p}: {first_line(e)}") from None
     return _unwrap(obj)
 
 

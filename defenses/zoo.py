@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, first_line
 from benchmark.registry import register_classifier, register_defense
 from defenses.base import Defense
 from defenses.weights import cache_dir, load_state_dict, save_safetensors, sha256_file
@@ -138,7 +138,7 @@ def robustbench_model(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise BenchError(f"checkpoint {checkpoint} does not fit robustbench model {name!r}: {str(e).splitlines()[0]}") from None
+        raise BenchError(f"checkpoint {checkpoint} does not fit robustbench model {name!r}: {first_line(e)}") from None
     return model.eval(), sha256_file(checkpoint)
 
 

@@ -77,15 +77,12 @@ class CheckRow:
 
 
 def load_baseline(path: str | Path) -> list[BaselineEntry]:
-    import yaml
+    from benchmark.config import read_yaml
 
     p = resolve_config_path(path)  # configs/ci/baseline.yaml also from outside the checkout
-    if not p.is_file():
+    if not p.exists():
         raise BenchError(f"baseline file {p} not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise BenchError(f"baseline {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(p, "baseline")
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list) or not data["entries"]:
         raise BenchError(f"baseline {p}: expected a mapping with a non-empty 'entries' list")
     names = [f.name for f in fields(BaselineEntry)]

@@ -277,9 +277,7 @@ def plot_curves(curves: Sequence[Curve], out: str | Path, *, title: str | None =
     fig.text(0.01, 0.005, "error bars: exact (Clopper-Pearson) 95% intervals; dotted: clean accuracy; "
              "red ring: still falling at the largest budget (the leaderboard's under-attacked test)",
              fontsize=6, color="#555")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130, bbox_inches="tight")
+    out = save_figure(fig, out, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -579,8 +577,36 @@ def _draw_grid(cols: dict[str, Any], preds: dict[str, list[int]], labels: list[i
 
     fig.suptitle(textwrap.fill(title, width=max(40, 24 * m)), fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
+    out = save_figure(fig, out, dpi=130)
     plt.close(fig)
+    return out
+
+
+def check_figure_path(out: str | Path) -> Path:
+    """``out`` as a figure file: an extension matplotlib writes (``DIR`` alone would silently become
+    ``DIR.png``), not a folder. Checked before any work, and again by :func:`save_figure`."""
+    import matplotlib
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    kinds = sorted(FigureCanvasBase.get_supported_filetypes())
+    if out.is_dir():
+        raise BenchError(f"--out {out} is a directory; give a file such as {out / 'plot.png'}")
+    if out.suffix.lstrip(".").lower() not in kinds:
+        raise BenchError(f"--out {out}: unknown figure type {out.suffix or '(no extension)'!r}; "
+                         f"use one of {', '.join('.' + k for k in kinds)}")
+    return out
+
+
+def save_figure(fig: Any, out: str | Path, **kw: Any) -> Path:
+    """``fig.savefig`` to ``out`` atomically; a path that cannot be written is one BenchError."""
+    import io
+
+    from benchmark.results import _atomic_write
+
+    out = check_figure_path(out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=out.suffix.lstrip(".").lower(), **kw)
+    _atomic_write(out, lambda f: f.write(buf.getvalue()))
     return out

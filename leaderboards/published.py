@@ -97,15 +97,10 @@ def validate_row(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 def read_file(path: str | Path) -> list[dict[str, Any]]:
     """The checked rows of one published YAML file."""
-    import yaml
+    from benchmark.config import read_yaml
 
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise BenchError(f"cannot read {p}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise BenchError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(p, "published table")
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise BenchError(f"{p}: expected a mapping with a 'rows' list (and optional 'defaults')")
     extra = sorted(set(data) - {"defaults", "rows"})

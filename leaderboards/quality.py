@@ -245,8 +245,10 @@ def inception_weights_path(path: str | Path | None = None) -> Path | None:
     """torch-fidelity's Inception weights if present locally: ``path`` or the torch hub cache
     where torch-fidelity keeps them after a download. None when absent."""
     if path is not None:
+        from benchmark.safe_io import is_file
+
         p = Path(path)
-        if not p.is_file():
+        if not is_file(p):
             raise BenchError(f"--inception-weights {p}: no such file")
         return p
     p = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
@@ -321,6 +323,12 @@ def evaluate_quality(
     penultimate features of classifier ``features`` (default ``<dataset>_standard``) and, if its
     weights are here, the standard Inception FID/KID."""
     dev = resolve_device(device)
+    if batch_size < 1:
+        raise BenchError(f"batch size must be a positive integer, got {batch_size}")
+    if inception_weights is not None:  # a missing, empty or pickled file fails before any work
+        from defenses.weights import load_state_dict
+
+        load_state_dict(inception_weights_path(inception_weights))
     if evalset is None:
         evalset = load_eval_set(dataset, subset, root=data_root)
     name = defense if isinstance(defense, str) else getattr(defense, "name", "defense")
@@ -372,8 +380,12 @@ def evaluate_quality(
         from defenses.weights import load_state_dict
 
         load_state_dict(w)  # weights_only=True: refuse a file that is more than tensors before torch-fidelity reads it
-        m = _fidelity_metrics(x, xp, extractor="inception-v3-compat", device=dev, seed=seed, weights_path=str(w),
-                              kid_subsets=kid_subsets)
+        try:
+            m = _fidelity_metrics(x, xp, extractor="inception-v3-compat", device=dev, seed=seed, weights_path=str(w),
+                                  kid_subsets=kid_subsets)
+        except (RuntimeError, KeyError, ValueError) as e:  # tensors, but not torch-fidelity's Inception
+            raise BenchError(f"--inception-weights {w} do not fit torch-fidelity's Inception-v3 "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
         rep.distances["FID"] = m["fd"]
         rep.distances["KID"] = m["kid"]
         if "kid_std" in m:

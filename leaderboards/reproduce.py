@@ -274,6 +274,14 @@ def reproduce(
     names = defenses if defenses else list(p.defenses)
     if not names:
         raise BenchError(f"protocol {p.name} lists no defenses; pass --defenses a,b")
+    if defenses:  # an unknown name is an error, not a claim "not evaluated"
+        from benchmark.registry import DEFENSES, load_builtins
+
+        load_builtins()
+        for name in names:
+            if name not in p.defenses and ":" not in name and name not in DEFENSES:
+                raise BenchError(f"--defenses: unknown defense {name!r}; protocol {p.name} lists "
+                                 f"{', '.join(p.defenses) or 'none'} (any registered defense or plugin may be added)")
     if scale not in SCALES:
         raise BenchError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     dev = resolve_device(device)

@@ -127,7 +127,9 @@ def read_ids(path: str | Path) -> tuple[str, ...]:
     p = Path(path)
     if not p.is_file():
         raise BenchError(f"subset ids file not found: {p}")
-    lines = [ln.split("#", 1)[0].strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    from ..safe_io import read_text
+
+    lines = [ln.split("#", 1)[0].strip() for ln in read_text(p, "subset ids file").splitlines()]
     ids = tuple(ln for ln in lines if ln)
     if not ids:
         raise BenchError(f"subset ids file {p} lists no ids (one id per line)")
@@ -166,8 +168,10 @@ def parse_subset(spec: str | Subset | None) -> Subset:
         parts = rest.split(":")
         if len(parts) != 2 or not all(parts):
             raise BenchError(f"malformed subset {spec!r}: expected random:N:SEED (e.g. random:512:0)")
+        from ..seeds import SEED_LIMIT
+
         seed = _int(parts[1], "SEED", spec, 0)
-        if seed >= 2**32:
+        if seed >= SEED_LIMIT:
             raise BenchError(f"malformed subset {spec!r}: SEED must be < 2**32")
         return Subset("random", count=_int(parts[0], "N", spec, 1), seed=seed)
     if head == "ids":

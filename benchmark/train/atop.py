@@ -144,6 +144,8 @@ class AToPConfig:
 
 def load_atop_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> AToPConfig:
     data = read_yaml(path) if path is not None else {}
+    if data is not None and not isinstance(data, dict):
+        raise BenchError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     data = dict(data or {})
     data.update(dict(overrides or {}))
     return from_dict(AToPConfig, data, where=str(path or "config"))
