@@ -71,6 +71,9 @@ def spec_from_args(args: argparse.Namespace):
         from .protocols import apply_protocol
 
         spec = apply_protocol(spec, args.protocol, explicit={k for k in ("subset", "attacks", "eps", "steps", "eot", "eval_repeats", "dataset", "threat") if _given(args, k)})
+    from .scalecut import apply_scale_cut
+
+    apply_scale_cut(spec)  # before the run folder's hash: a defense's cut at this scale is other work
     if spec.attacks is not None:
         from .registry import ATTACKS, load_builtins
 
@@ -100,7 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .distributed import setup as dist_setup, shard_samples
     from .report import summary_table
     from .results import check_writable
-    from .runner import load_spec_evalset, run
+    from .progress import LineReporter, stderr_is_terminal
+    from .runner import build_attacks, load_spec_evalset, run
 
     spec = spec_from_args(args)
     comm = dist_setup(args.distributed, args.device)  # under torchrun: this rank's process group, else None
@@ -110,6 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
     defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
                            options=spec.defense_options)
+    if getattr(args, "dry_run", False):  # price the run (benchmark.cost) and leave nothing behind
+        return _dry_run(args, spec, defense, evalset, device)
     check_writable(out)  # only now: a bad defense/dataset/option leaves no folder behind
     con = _console()
     rank, world = (comm.rank, comm.world_size) if comm is not None else (0, 1)
@@ -122,8 +128,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     tasks: dict[str, Any] = {}
-    with Progress(*columns, console=con, transient=False, disable=args.quiet or rank != 0) as progress:
+    # not a terminal (a file, a pipe, a CI log): plain lines instead of bars that print nothing there
+    lines = None if args.quiet or rank != 0 or stderr_is_terminal() else LineReporter(
+        n_mine, [a.name for a in build_attacks(spec, defense.stochastic)])
+    with Progress(*columns, console=con, transient=False, disable=args.quiet or rank != 0 or lines is not None) as progress:
         def on_progress(name: str, batch: int, k: int) -> None:
+            if lines is not None:
+                lines(name, batch, k)
+                return
             if name not in tasks:
                 tasks[name] = progress.add_task("images" if name == "batch" else name, total=n_mine)
             progress.advance(tasks[name], k)
@@ -153,6 +165,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                   + (f"; {pc['error']}" if pc.get("error") else "") + "); reported accuracies: fp32 forward passes")
     if result.resumed:
         con.print(f"(resumed from {out})")
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, spec, defense, evalset, device) -> int:
+    import json
+
+    from .cost import dry_run, report_lines
+
+    robust = getattr(args, "assume_robust", None)
+    if robust is not None and not 0.0 <= robust <= 1.0:
+        raise BenchError(f"--assume-robust must be a fraction in [0, 1], got {robust}")
+    pr = dry_run(spec, defense, evalset, device, robust=robust)
+    for line in report_lines(pr, spec, device):
+        print(line)
+    if getattr(args, "dry_run_json", None):
+        print("DRYRUN_JSON " + json.dumps(pr.to_dict()))
     return 0
 
 
@@ -386,7 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", help="torch.compile the classifier (no gain over channels-last measured on CPU; "
                    "see benchmarks/README.md)")
     r.add_argument("--out", default=None, help="run directory (default runs/<defense>-<dataset>-<threat>-<scale>-<hash>)")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--quiet", action="store_true", help="no progress bars (or, when stderr is not a terminal, "
+                   "no progress lines)")
+    r.add_argument("--dry-run", action="store_true", help="measure one forward and one gradient pass on the first "
+                   "batch and print the run's projected passes, wall time and peak memory; attacks nothing, "
+                   "writes nothing (see benchmark/cost.py)")
+    r.add_argument("--assume-robust", type=float, default=None, metavar="FRACTION",
+                   help="with --dry-run: the fraction of attacked images that survive each attack component "
+                        "(default: from a stored run of the defense under runs/, else a PGD-5 pilot on the first batch)")
+    r.add_argument("--dry-run-json", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("--distributed", action="store_true", help="require a torchrun launch and shard the batches "
                    "over its ranks (automatic under torchrun): torchrun --nproc-per-node N -m benchmark.cli run ...")
     r.set_defaults(func=cmd_run)
