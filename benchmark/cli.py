@@ -176,7 +176,10 @@ def _dry_run(args: argparse.Namespace, spec, defense, evalset, device) -> int:
     robust = getattr(args, "assume_robust", None)
     if robust is not None and not 0.0 <= robust <= 1.0:
         raise BenchError(f"--assume-robust must be a fraction in [0, 1], got {robust}")
-    pr = dry_run(spec, defense, evalset, device, robust=robust)
+    pb = getattr(args, "probe_batch", None)
+    if pb is not None and pb <= 0:
+        raise BenchError(f"--probe-batch must be positive, got {pb}")
+    pr = dry_run(spec, defense, evalset, device, robust=robust, probe_batch=pb)
     for line in report_lines(pr, spec, device):
         print(line)
     if getattr(args, "dry_run_json", None):
@@ -422,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--assume-robust", type=float, default=None, metavar="FRACTION",
                    help="with --dry-run: the fraction of attacked images that survive each attack component "
                         "(default: from a stored run of the defense under runs/, else a PGD-5 pilot on the first batch)")
+    r.add_argument("--probe-batch", type=int, default=None, metavar="N",
+                   help="with --dry-run: probe on the first N images (default: the first batch); a few images "
+                        "are enough to size a costly defense's full protocol")
     r.add_argument("--dry-run-json", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("--distributed", action="store_true", help="require a torchrun launch and shard the batches "
                    "over its ranks (automatic under torchrun): torchrun --nproc-per-node N -m benchmark.cli run ...")

@@ -40,8 +40,8 @@ one forward pass: the fraction still correct; the pilot is weaker than the run's
 estimate leans high). The upper
 bound (every image survives, every step runs) is printed beside the estimate.
 
-Wall time = the setup measured so far (imports, data, defense, layout probe, this probe) + the
-passes above. Peak memory: on CUDA the probe's peak allocation, with the part above the weights
+Wall time = the setup measured so far (imports, data, defense, layout probe; not this probe, which
+the run does not make) + the passes above. Peak memory: on CUDA the probe's peak allocation, with the part above the weights
 scaled by the EOT chunk (draws in one pass); on a CPU the process's peak RSS after the probe
 (EOT draws run one per pass there).
 """
@@ -163,8 +163,8 @@ class Probe:
     probe_s: float
 
 
-def _timed(fn, device: torch.device, min_s: float = 0.3, max_reps: int = 5) -> float:
-    """Median-free, simple: mean time of ``fn`` over repeats until ``min_s`` seconds (after one call)."""
+def _timed(fn, device: torch.device, min_s: float = 1.0, max_reps: int = 5) -> float:
+    """Mean time of ``fn`` over repeats until ``min_s`` seconds (one call when a call takes longer)."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -190,8 +190,9 @@ def _peak_rss_bytes() -> int | None:
 
 
 def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any], evalset: Any,
-                device: torch.device) -> Probe:
-    """Measure one forward and one gradient pass per gradient kind on the run's first batch."""
+                device: torch.device, probe_batch: int | None = None) -> Probe:
+    """Measure one forward and one gradient pass per gradient kind on the run's first batch
+    (its first ``probe_batch`` images when given: cheaper for a costly defense, a little less exact)."""
     import torch.nn.functional as F
 
     from attacks import predict
@@ -200,7 +201,7 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
     from .seeds import generator
 
     t_start = time.perf_counter()
-    b = min(len(evalset), spec.batch_size)
+    b = min(len(evalset), spec.batch_size, probe_batch or spec.batch_size)
     x, y = evalset.images[:b].to(device), evalset.labels[:b].to(device)
     g = generator(spec.seed, "cost-probe", 0, device=device)
     with torch.no_grad():  # warm-up (first-call costs, e.g. kernel selection, are not per-image costs)
@@ -226,6 +227,8 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
         def grad(obj: Objective = obj, out: list[torch.Tensor] = out) -> None:
             out.append(obj.loss_grad(x, y, lambda lg, yy: F.cross_entropy(lg.float(), yy, reduction="none"))[0])
 
+        grad()  # warm-up: the first backward pass selects kernels and allocates its buffers
+        out.clear()
         grad_s[key] = _timed(grad, device) / b
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
@@ -380,7 +383,7 @@ def process_age_s() -> float | None:
 
 
 def dry_run(spec: Any, defense: Any, evalset: Any, device: torch.device, *, robust: float | None = None,
-            results: str | Path = "runs", t_main: float | None = None) -> Projection:
+            results: str | Path = "runs", t_main: float | None = None, probe_batch: int | None = None) -> Projection:
     """Prepare the run as :func:`benchmark.runner.run` does (layout, precision, attacks), probe, project."""
     from .runner import _apply_speed, _attack_precision, build_attacks
 
@@ -389,9 +392,10 @@ def dry_run(spec: Any, defense: Any, evalset: Any, device: torch.device, *, robu
         atk.policy.check(defense)
     _apply_speed(spec, defense, evalset, device)
     attack_defense, _, _ = _attack_precision(spec, defense, attacks, evalset, device)
-    probe = probe_costs(spec, defense, attack_defense, attacks, evalset, device)
+    probe = probe_costs(spec, defense, attack_defense, attacks, evalset, device, probe_batch)
     age = process_age_s()
     setup = age if age is not None else (time.perf_counter() - t_main if t_main is not None else probe.probe_s)
+    setup = max(0.0, setup - probe.probe_s)  # the run itself does not probe
     if math.isnan(setup):
         setup = 0.0
     return project(spec, defense, attacks, len(evalset), probe, setup_s=setup, robust=robust, results=results)
