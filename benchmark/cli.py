@@ -179,7 +179,8 @@ def _dry_run(args: argparse.Namespace, spec, defense, evalset, device) -> int:
     pb = getattr(args, "probe_batch", None)
     if pb is not None and pb <= 0:
         raise BenchError(f"--probe-batch must be positive, got {pb}")
-    pr = dry_run(spec, defense, evalset, device, robust=robust, probe_batch=pb)
+    pr = dry_run(spec, defense, evalset, device, robust=robust, probe_batch=pb,
+                 clock=getattr(args, "dry_run_clock", "wall"))
     for line in report_lines(pr, spec, device):
         print(line)
     if getattr(args, "dry_run_json", None):
@@ -429,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --dry-run: probe on the first N images (default: the first batch); a few images "
                         "are enough to size a costly defense's full protocol")
     r.add_argument("--dry-run-json", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("--dry-run-clock", default="wall", choices=("wall", "cpu"), help=argparse.SUPPRESS)
     r.add_argument("--distributed", action="store_true", help="require a torchrun launch and shard the batches "
                    "over its ranks (automatic under torchrun): torchrun --nproc-per-node N -m benchmark.cli run ...")
     r.set_defaults(func=cmd_run)

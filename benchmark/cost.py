@@ -163,8 +163,14 @@ class Probe:
     probe_s: float
 
 
-def _timed(fn, device: torch.device, min_s: float = 1.0, max_reps: int = 5) -> float:
-    """Mean time of ``fn`` over repeats until ``min_s`` seconds (one call when a call takes longer)."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _timed(fn, device: torch.device, min_s: float = 1.0, max_reps: int = 5, clock=time.perf_counter) -> float:
+    """Mean time of ``fn`` over repeats until ``min_s`` seconds (one call when a call takes longer).
+
+    ``clock`` is wall time, or this process's CPU seconds (``--dry-run-clock cpu``: steadier on a
+    machine shared with other jobs, to check the pass counts against a run's CPU time)."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -172,10 +178,10 @@ def _timed(fn, device: torch.device, min_s: float = 1.0, max_reps: int = 5) -> f
     reps, total = 0, 0.0
     while reps < max_reps and (reps == 0 or total < min_s):
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        total += time.perf_counter() - t0
+        total += clock() - t0
         reps += 1
     return total / reps
 
@@ -190,7 +196,7 @@ def _peak_rss_bytes() -> int | None:
 
 
 def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any], evalset: Any,
-                device: torch.device, probe_batch: int | None = None) -> Probe:
+                device: torch.device, probe_batch: int | None = None, clock: str = "wall") -> Probe:
     """Measure one forward and one gradient pass per gradient kind on the run's first batch
     (its first ``probe_batch`` images when given: cheaper for a costly defense, a little less exact)."""
     import torch.nn.functional as F
@@ -200,7 +206,8 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
 
     from .seeds import generator
 
-    t_start = time.perf_counter()
+    tick = CLOCKS[clock]
+    t_start = tick()
     b = min(len(evalset), spec.batch_size, probe_batch or spec.batch_size)
     x, y = evalset.images[:b].to(device), evalset.labels[:b].to(device)
     g = generator(spec.seed, "cost-probe", 0, device=device)
@@ -211,7 +218,7 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
     def fwd() -> None:
         preds.append(predict(defense, x, generator=g)[0])
 
-    fwd_s = _timed(fwd, device) / b
+    fwd_s = _timed(fwd, device, clock=tick) / b
     clean_acc = float((preds[0] == y).float().mean())
     n_classes = int(defense(x[:1], defense.sample_noise(x[:1], g)).shape[1]) if b else 10
     keys = sorted({grad_key(a.params) for a in attacks}, key=str) or [("exact", None)]
@@ -229,7 +236,7 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
 
         grad()  # warm-up: the first backward pass selects kernels and allocates its buffers
         out.clear()
-        grad_s[key] = _timed(grad, device) / b
+        grad_s[key] = _timed(grad, device, clock=tick) / b
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
         chunk = max((a.policy.draws_for(defense) for a in attacks), default=1)
@@ -247,7 +254,7 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
         xs, ys = x[ok], y[ok]
         xa = pgd(attack_defense, xs, ys, threat=spec.threat, eps=eps, steps=PILOT_STEPS, generator=g)
         pilot = float((predict(defense, xa, generator=g)[0] == ys).float().mean())
-    return Probe(b, fwd_s, grad_s, clean_acc, pilot, peak_bytes, peak_what, n_classes, time.perf_counter() - t_start)
+    return Probe(b, fwd_s, grad_s, clean_acc, pilot, peak_bytes, peak_what, n_classes, tick() - t_start)
 
 
 def stored_robust(defense: str, dataset: str, threat: str, root: str | Path = "runs") -> tuple[float, str] | None:
@@ -383,7 +390,8 @@ def process_age_s() -> float | None:
 
 
 def dry_run(spec: Any, defense: Any, evalset: Any, device: torch.device, *, robust: float | None = None,
-            results: str | Path = "runs", t_main: float | None = None, probe_batch: int | None = None) -> Projection:
+            results: str | Path = "runs", t_main: float | None = None, probe_batch: int | None = None,
+            clock: str = "wall") -> Projection:
     """Prepare the run as :func:`benchmark.runner.run` does (layout, precision, attacks), probe, project."""
     from .runner import _apply_speed, _attack_precision, build_attacks
 
@@ -392,8 +400,8 @@ def dry_run(spec: Any, defense: Any, evalset: Any, device: torch.device, *, robu
         atk.policy.check(defense)
     _apply_speed(spec, defense, evalset, device)
     attack_defense, _, _ = _attack_precision(spec, defense, attacks, evalset, device)
-    probe = probe_costs(spec, defense, attack_defense, attacks, evalset, device, probe_batch)
-    age = process_age_s()
+    probe = probe_costs(spec, defense, attack_defense, attacks, evalset, device, probe_batch, clock)
+    age = process_age_s() if clock == "wall" else time.process_time()
     setup = age if age is not None else (time.perf_counter() - t_main if t_main is not None else probe.probe_s)
     setup = max(0.0, setup - probe.probe_s)  # the run itself does not probe
     if math.isnan(setup):

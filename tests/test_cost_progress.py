@@ -176,3 +176,20 @@ def test_scale_cut_applied_recorded_and_shown(tmp_path):
     # no cut at full scale
     full = apply_scale_cut(RunSpec(defense=name, scale="full"))
     assert full.defense_options == {} and scale_limits(full) == {}
+
+
+def test_training_prints_one_line_per_epoch_with_eta(tmp_path, capsys):
+    """bench train ddpm (and addt, which shares its loop): one plain line per epoch, with epochs done of
+    the total and an ETA, also when stdout is not a terminal (pytest captures it)."""
+    import re
+
+    from benchmark.train import ddpm
+    from tests.test_diffusion import SMOKE, _image_folder
+
+    _image_folder(tmp_path / "data")
+    # 40 training images, batch 16: 2 steps per epoch, 2 epochs
+    ddpm.main("configs/train/ddpm_cifar10.yaml", device="cpu", out_dir=str(tmp_path / "a"),
+              data_root=str(tmp_path / "data"), overrides=SMOKE)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if re.search(r"\] epoch \d+/2: ", ln)]
+    assert len(lines) == 2, lines
+    assert re.search(r"epoch 1/2: .* step 2, .*, eta \d+s$", lines[0]) and lines[1].endswith("eta 0s")
