@@ -36,8 +36,8 @@ Survivors are the one thing the parameters do not fix: the fraction ``robust`` o
 that survive a component. It comes, in this order, from the caller (``--assume-robust``), from a
 stored run of the same defense, dataset and threat (its worst-case over clean accuracy), or from
 a pilot on the probe (PGD-5, one draw per step, on at most 16 clean-correct probe images, then
-one forward pass: the fraction still correct; the pilot is weaker than the run's attacks, so the
-estimate leans high). The upper
+one forward pass: the fraction still correct, over that of a fresh clean draw of the same images
+for a stochastic defense; the pilot is weaker than the run's attacks, so the estimate leans high). The upper
 bound (every image survives, every step runs) is printed beside the estimate.
 
 Wall time = the setup measured so far (imports, data, defense, layout probe; not this probe, which
@@ -196,7 +196,8 @@ def _peak_rss_bytes() -> int | None:
 
 
 def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any], evalset: Any,
-                device: torch.device, probe_batch: int | None = None, clock: str = "wall") -> Probe:
+                device: torch.device, probe_batch: int | None = None, clock: str = "wall",
+                pilot_survivors: bool = True) -> Probe:
     """Measure one forward and one gradient pass per gradient kind on the run's first batch
     (its first ``probe_batch`` images when given: cheaper for a costly defense, a little less exact)."""
     import torch.nn.functional as F
@@ -234,8 +235,9 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
         def grad(obj: Objective = obj, out: list[torch.Tensor] = out) -> None:
             out.append(obj.loss_grad(x, y, lambda lg, yy: F.cross_entropy(lg.float(), yy, reduction="none"))[0])
 
-        grad()  # warm-up: the first backward pass selects kernels and allocates its buffers
-        out.clear()
+        if fwd_s * b < 1.0:  # warm-up: the first backward pass selects kernels and allocates its buffers
+            grad()
+            out.clear()
         grad_s[key] = _timed(grad, device, clock=tick) / b
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
@@ -248,12 +250,15 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
     pilot = None
     eps = next((float(a.params["eps"]) for a in attacks if a.params.get("eps") is not None), None)
     ok = (preds[0] == y).nonzero().flatten()[:PILOT_IMAGES]
-    if eps is not None and spec.threat in ("linf", "l2") and ok.numel():
+    if pilot_survivors and eps is not None and spec.threat in ("linf", "l2") and ok.numel():
         from attacks.pgd import pgd
 
         xs, ys = x[ok], y[ok]
         xa = pgd(attack_defense, xs, ys, threat=spec.threat, eps=eps, steps=PILOT_STEPS, generator=g)
-        pilot = float((predict(defense, xa, generator=g)[0] == ys).float().mean())
+        p_adv = float((predict(defense, xa, generator=g)[0] == ys).float().mean())
+        # a stochastic defense also errs without attack: survival is relative to a fresh clean draw
+        p_clean = float((predict(defense, xs, generator=g)[0] == ys).float().mean()) if defense.stochastic else 1.0
+        pilot = min(1.0, p_adv / p_clean) if p_clean > 0 else 1.0
     return Probe(b, fwd_s, grad_s, clean_acc, pilot, peak_bytes, peak_what, n_classes, tick() - t_start)
 
 
@@ -293,6 +298,7 @@ class Projection:
     upper_s: float
     setup_s: float
     probe: Probe
+    clock: str = "wall"  # "cpu": every second here is this process's CPU time (--dry-run-clock cpu)
 
     @property
     def loop_s(self) -> float:
@@ -371,7 +377,7 @@ def report_lines(pr: Projection, spec: Any, device: torch.device) -> list[str]:
     tot_f = pr.clean.fwd + sum(pa.fwd for _, pa, _ in pr.per_attack)
     tot_g = sum(pa.grad_total for _, pa, _ in pr.per_attack)
     out.append(f"  {'total (image-passes)':<24} {tot_f:>12,.0f} {tot_g:>12,.0f} {_fmt_s(pr.loop_s):>9}")
-    out.append(f"PROJECTED wall {pr.total_s:.1f} s ({_fmt_s(pr.total_s)}: setup {pr.setup_s:.1f} s + attacks "
+    out.append(f"PROJECTED {pr.clock} {pr.total_s:.1f} s ({_fmt_s(pr.total_s)}: setup {pr.setup_s:.1f} s + attacks "
                f"{pr.loop_s:.1f} s; upper bound {_fmt_s(pr.setup_s + pr.upper_s)}), peak memory "
                f"{_fmt_bytes(p.peak_bytes)} ({p.peak_what})")
     return out
@@ -400,10 +406,13 @@ def dry_run(spec: Any, defense: Any, evalset: Any, device: torch.device, *, robu
         atk.policy.check(defense)
     _apply_speed(spec, defense, evalset, device)
     attack_defense, _, _ = _attack_precision(spec, defense, attacks, evalset, device)
-    probe = probe_costs(spec, defense, attack_defense, attacks, evalset, device, probe_batch, clock)
+    need_pilot = robust is None and stored_robust(spec.defense, spec.dataset, spec.threat, results) is None
+    probe = probe_costs(spec, defense, attack_defense, attacks, evalset, device, probe_batch, clock, need_pilot)
     age = process_age_s() if clock == "wall" else time.process_time()
     setup = age if age is not None else (time.perf_counter() - t_main if t_main is not None else probe.probe_s)
     setup = max(0.0, setup - probe.probe_s)  # the run itself does not probe
     if math.isnan(setup):
         setup = 0.0
-    return project(spec, defense, attacks, len(evalset), probe, setup_s=setup, robust=robust, results=results)
+    pr = project(spec, defense, attacks, len(evalset), probe, setup_s=setup, robust=robust, results=results)
+    pr.clock = clock
+    return pr
