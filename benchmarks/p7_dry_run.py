@@ -93,6 +93,9 @@ def main() -> None:
             if r.returncode != 0:
                 print("    run failed: " + (r.stderr.strip().splitlines() or ["?"])[-1])
         rows.append((text, d, measured, ""))
+        if measured:
+            print(f"    measured {measured:.1f} s ({a.clock}); ratio projected/measured {d['total_s'] / measured:.2f}",
+                  flush=True)
     print(f"\nclock: {a.clock}")
     print("\n| run | images (attacked) | projected fwd / grad image-passes | projected wall | upper bound | "
           "measured wall | ratio projected/measured |")
