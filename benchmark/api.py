@@ -30,15 +30,18 @@ def default_scale(device: str, protocol: bool = False) -> str:
     return "full" if str(device).startswith("cuda") or protocol else "cpu"
 
 
-def prepare_run(spec: RunSpec, device: torch.device, out: str | Path, defense: Any = None) -> tuple[Any, Any]:
+def prepare_run(spec: RunSpec, device: torch.device, out: str | Path, defense: Any = None, *,
+                check_out: bool = True) -> tuple[Any, Any]:
     """spec -> images -> defense -> writable check, the one order every entry point uses
-    (a bad defense, dataset or option leaves no folder behind). Returns (evalset, defense)."""
+    (a bad defense, dataset or option leaves no folder behind; ``check_out=False`` for a dry run,
+    which writes nothing). Returns (evalset, defense)."""
     evalset = load_spec_evalset(spec)
     torch.manual_seed(spec.seed)  # nothing should use it; makes stray global draws reproducible too
     if defense is None:
         defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
                                options=spec.defense_options, probe_images=evalset.images)
-    check_writable(out)
+    if check_out:
+        check_writable(out)
     return evalset, defense
 
 

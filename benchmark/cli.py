@@ -105,6 +105,9 @@ def spec_from_args(args: argparse.Namespace):
         from .protocols import apply_protocol
 
         spec = apply_protocol(spec, args.protocol, explicit={k for k in ("subset", "attacks", "eps", "steps", "eot", "eval_repeats", "dataset", "threat") if _given(args, k)})
+    from .scalecut import apply_scale_cut
+
+    apply_scale_cut(spec)  # before the run folder's hash: a defense's cut at this scale is other work
     if spec.attacks is not None:
         from .registry import ATTACKS, load_builtins
 
@@ -133,13 +136,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .build import resolve_device
     from .distributed import setup as dist_setup, shard_samples
     from .report import summary_table
-    from .runner import run
+    from .progress import LineReporter, stderr_is_terminal
+    from .runner import build_attacks, run
 
     spec = spec_from_args(args)
     comm = dist_setup(args.distributed, args.device)  # under torchrun: this rank's process group, else None
     device = comm.device if comm is not None else resolve_device(args.device)
     out = args.out or default_out(spec)
-    evalset, defense = prepare_run(spec, device, out)  # images, defense, then the writable check
+    dry = bool(getattr(args, "dry_run", False))
+    # images, defense, then the writable check (a dry run prices the run and leaves nothing behind)
+    evalset, defense = prepare_run(spec, device, out, check_out=not dry)
+    if dry:
+        return _dry_run(args, spec, defense, evalset, device)
     con = _console()
     rank, world = (comm.rank, comm.world_size) if comm is not None else (0, 1)
     n_mine = shard_samples(len(evalset), spec.batch_size, rank, world)
@@ -151,8 +159,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     tasks: dict[str, Any] = {}
-    with Progress(*columns, console=con, transient=False, disable=args.quiet or rank != 0) as progress:
+    # not a terminal (a file, a pipe, a CI log): plain lines instead of bars that print nothing there
+    lines = None if args.quiet or rank != 0 or stderr_is_terminal() else LineReporter(
+        n_mine, [a.name for a in build_attacks(spec, defense.stochastic)])
+    with Progress(*columns, console=con, transient=False, disable=args.quiet or rank != 0 or lines is not None) as progress:
         def on_progress(name: str, batch: int, k: int) -> None:
+            if lines is not None:
+                lines(name, batch, k)
+                return
             if name not in tasks:
                 tasks[name] = progress.add_task("images" if name == "batch" else name, total=n_mine)
             progress.advance(tasks[name], k)
@@ -184,6 +198,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     if result.resumed:
         con.print(f"(resumed from {out})")
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, spec, defense, evalset, device) -> int:
+    import json
+
+    from .cost import dry_run, report_lines
+
+    robust = getattr(args, "assume_robust", None)
+    if robust is not None and not 0.0 <= robust <= 1.0:
+        raise BenchError(f"--assume-robust must be a fraction in [0, 1], got {robust}")
+    pb = getattr(args, "probe_batch", None)
+    if pb is not None and pb <= 0:
+        raise BenchError(f"--probe-batch must be positive, got {pb}")
+    pr = dry_run(spec, defense, evalset, device, robust=robust, probe_batch=pb,
+                 clock=getattr(args, "dry_run_clock", "wall"))
+    for line in report_lines(pr, spec, device):
+        print(line)
+    if getattr(args, "dry_run_json", None):
+        print("DRYRUN_JSON " + json.dumps(pr.to_dict()))
     return 0
 
 
@@ -447,7 +481,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", help="torch.compile the classifier (no gain over channels-last measured on CPU; "
                    "see benchmarks/README.md)")
     r.add_argument("--out", default=None, help="run directory (default runs/<defense>-<dataset>-<threat>-<scale>-<hash>)")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--quiet", action="store_true", help="no progress bars (or, when stderr is not a terminal, "
+                   "no progress lines)")
+    r.add_argument("--dry-run", action="store_true", help="measure one forward and one gradient pass on the first "
+                   "batch and print the run's projected passes, wall time and peak memory; attacks nothing, "
+                   "writes nothing (see benchmark/cost.py)")
+    r.add_argument("--assume-robust", type=float, default=None, metavar="FRACTION",
+                   help="with --dry-run: the fraction of attacked images that survive each attack component "
+                        "(default: from a stored run of the defense under runs/, else a PGD-5 pilot on the first batch)")
+    r.add_argument("--probe-batch", type=int, default=None, metavar="N",
+                   help="with --dry-run: probe on the first N images (default: the first batch); a few images "
+                        "are enough to size a costly defense's full protocol")
+    r.add_argument("--dry-run-json", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("--dry-run-clock", default="wall", choices=("wall", "cpu"), help=argparse.SUPPRESS)
     r.add_argument("--distributed", action="store_true", help="require a torchrun launch and shard the batches "
                    "over its ranks (automatic under torchrun): torchrun --nproc-per-node N -m benchmark.cli run ...")
     r.set_defaults(func=cmd_run)

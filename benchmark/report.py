@@ -24,12 +24,20 @@ def budget_text(a: dict[str, Any]) -> str:
     return " ".join(bits)
 
 
+def _cut(record: dict[str, Any]) -> str:
+    """`` (cut: defense steps=5, n=16)`` when the defense's scale cut changed more than the generic limits."""
+    from .scalecut import cut_text
+
+    text = cut_text(record) if record.get("scale") != "full" else ""
+    return f" (cut: {text})" if text else ""
+
+
 def summary_table(record: dict[str, Any], summary: dict[str, Any]):
     from rich.table import Table
 
     k = record.get("eval_repeats", 1)
     title = (f"{record['defense']} | {record['dataset']} {record['source']} {record['subset']} | threat {record['threat']}"
-             f" | scale {record['scale']}" + (f" | protocol {record['protocol']}" if record.get("protocol") else ""))
+             f" | scale {record['scale']}" + _cut(record) + (f" | protocol {record['protocol']}" if record.get("protocol") else ""))
     scope = "; clean-misclassified images are not attacked" if record.get("attack_scope") == "clean-correct" else ""
     t = Table(title=title, caption=f"95% CI: Clopper-Pearson; robust = correct clean and majority of {k} final forward "
               "pass(es) on the attack's image" + ("; worst-of-k: correct on all k" if k > 1 else "")

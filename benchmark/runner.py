@@ -156,8 +156,10 @@ def build_attacks(spec: RunSpec, stochastic: bool) -> list[Any]:
     """Attack objects for the run, with eps/steps/eot overrides and the scale applied."""
     from attacks import make_attack
 
+    from .scalecut import scale_limits
+
     names = spec.attacks if spec.attacks is not None else THREAT_DEFAULTS[spec.threat]["stochastic" if stochastic else "deterministic"]
-    scale = SCALES[spec.scale]
+    scale = scale_limits(spec)  # the scale's limits with the defense's own cut (benchmark.scalecut)
     out = []
     for name in names:
         if name == "clean":
@@ -221,9 +223,11 @@ def _norm(delta: torch.Tensor, threat: str) -> list[float]:
 def load_spec_evalset(spec: RunSpec) -> Any:
     """The images of a run: the spec's subset, or, with no subset, the scale's first n."""
     from .data import load_eval_set
+    from .scalecut import apply_scale_cut, scale_limits
 
+    apply_scale_cut(spec)  # the defense's declared cut at this scale (recorded in scale_limits)
     evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
-    n_limit = SCALES[spec.scale].get("n")
+    n_limit = scale_limits(spec).get("n")
     if n_limit and spec.subset is None and len(evalset) > n_limit:
         spec.subset = f"first:{n_limit}"  # recorded: the table and record name the subset used
         evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
@@ -284,7 +288,7 @@ def run(
         "threat": spec.threat,
         "protocol": spec.protocol,
         "scale": spec.scale,
-        "scale_limits": SCALES[spec.scale],
+        "scale_limits": _scale_limits(spec),
         "attacks": [a.record() for a in attacks],
         "eval_repeats": spec.eval_repeats,
         "batch_size": spec.batch_size,
@@ -359,6 +363,12 @@ def run(
     else:
         summary = {}
     return RunResult(store.dir, record, summary, resumed, store.notes)
+
+
+def _scale_limits(spec: RunSpec) -> dict[str, Any]:
+    from .scalecut import scale_limits
+
+    return scale_limits(spec)
 
 
 def _apply_speed(spec: RunSpec, defense: Any, evalset: Any, device: torch.device) -> "SpeedChoice":

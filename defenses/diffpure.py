@@ -279,6 +279,13 @@ class DiffPureDefense(Defense):
 
 
 # --- registry ----------------------------------------------------------------------------
+# ``--scale cpu`` (benchmark.scalecut): a gradient through 100 UNet calls costs ~0.3 s per image and
+# step on 2 CPU cores, so the default battery on 64 images would take hours. At the cpu scale the
+# purifier denoises with 2 evenly strided steps (from the same t*) and the battery runs on 16 images
+# with 5 attack steps, EOT-2 and 2 evaluation passes; every number of such a run says so.
+CPU_SCALE_CUT: dict[str, Any] = {"n": 16, "steps": 5, "eot": 2, "eval_iter": 2, "autoattack_steps": 5,
+                                 "defense_options": {"steps": 2}}
+SCALE_CUTS: dict[str, Any] = {"cpu": CPU_SCALE_CUT, "smoke": {"n": 4, "defense_options": {"steps": 1}}}
 # ``checkpoint`` is the CLI's ``--checkpoint PATH`` (a weights folder, same as ``weights``);
 # ``grad_checkpoint`` switches gradient checkpointing (on by default).
 _OPTIONS = ("t_star", "steps", "sampler", "weights", "checkpoint", "classifier", "clip_denoised", "grad_checkpoint",
@@ -332,7 +339,7 @@ def build(
     return d.to(device).freeze()
 
 
-@register_defense("diffpure", datasets=("cifar10",), stochastic=True,
+@register_defense("diffpure", datasets=("cifar10",), stochastic=True, scale_cuts=SCALE_CUTS,
                   summary="DiffPure: diffuse to t*, DDPM ancestral reverse (noise: forward, reverse)")
 def make_diffpure(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
                  steps: int | None = None, sampler: str | None = None, weights: str | None = None,
@@ -344,7 +351,7 @@ def make_diffpure(*, dataset: str = "cifar10", device: str | torch.device = "cpu
                           classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
 
 
-@register_defense("diffpure_ddim", datasets=("cifar10",), stochastic=True,
+@register_defense("diffpure_ddim", datasets=("cifar10",), stochastic=True, scale_cuts=SCALE_CUTS,
                   summary="DiffPure with deterministic DDIM reverse (noise: forward only)")
 def make_diffpure_ddim(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
                  steps: int | None = None, sampler: str | None = None, weights: str | None = None,
@@ -356,7 +363,7 @@ def make_diffpure_ddim(*, dataset: str = "cifar10", device: str | torch.device =
                           classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
 
 
-@register_defense("addt", datasets=("cifar10",), stochastic=True,
+@register_defense("addt", datasets=("cifar10",), stochastic=True, scale_cuts=SCALE_CUTS,
                   summary="ADDT: DiffPure with the adversarially fine-tuned (ADDT+RBGM) DDPM")
 def make_addt(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
                  steps: int | None = None, sampler: str | None = None, weights: str | None = None,

@@ -215,7 +215,10 @@ def entry_from_run(run: StoredRun) -> Entry:
     for g in summ.get("stochasticity_gap", []):
         e.gaps.append(f"{g['white_box']} - {g['dw_box']}: {100 * g['gap']:+.1f}")
     if e.scale != "full":
-        e.flags.append(f"scale: {e.scale} - not comparable to published")
+        from benchmark.scalecut import cut_text
+
+        cut = cut_text(rec)
+        e.flags.append(f"scale: {e.scale}{f' (cut: {cut})' if cut else ''} - not comparable to published")
     if rec.get("stochastic") and attacks and all(a["eot"] <= 1 and a["family"] != "autoattack" for a in attacks):
         e.flags.append("stochastic defense attacked without EOT")
     used, asked = rec.get("precision", "fp32"), rec.get("precision_requested", "fp32")

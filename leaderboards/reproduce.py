@@ -41,6 +41,7 @@ from benchmark.data import load_eval_set
 from benchmark.protocols import apply_protocol, load_protocol
 from benchmark.results import RunStore, check_writable
 from benchmark.runner import SCALES, RunSpec, run, spec_hash, validate_spec
+from benchmark.scalecut import apply_scale_cut, scale_limits
 from .published import load_published
 
 RELATIONS = (">=", ">", "<=", "<")
@@ -293,10 +294,11 @@ def reproduce(
         spec = apply_protocol(RunSpec(defense=name, scale=scale, batch_size=batch_size, seed=seed,
                                       data_root=data_root), protocol_name)
         validate_spec(spec)
-        key = (spec.dataset, spec.subset, spec.source, spec.data_root)
+        apply_scale_cut(spec)  # a defense's own cut at this scale (benchmark.scalecut), recorded
+        key = (spec.dataset, spec.subset, spec.source, spec.data_root, scale_limits(spec).get("n"))
         if key not in evalsets:
             ev = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
-            limit = SCALES[scale].get("n")
+            limit = scale_limits(spec).get("n")
             if limit and len(ev) > limit:
                 msg = (f"scale {scale}: evaluating the first {limit} of the protocol's {len(ev)} images "
                        f"({ev.subset}); the published setting is scale full")
@@ -307,7 +309,8 @@ def reproduce(
             evalsets[key] = ev
         evalset = evalsets[key]
         try:
-            defense = make_defense(name, dataset=spec.dataset, device=dev, checkpoint=spec.checkpoint)
+            defense = make_defense(name, dataset=spec.dataset, device=dev, checkpoint=spec.checkpoint,
+                                   options=spec.defense_options)
         except BenchError as e:
             outcomes.append(Outcome(name, skipped=str(e)))
             notes.append(f"skipped {name}: {e}")

@@ -534,6 +534,9 @@ def train(
         step, total, log = int(ck["step"]), int(ck["total"]), list(ck["log"])
         elapsed_before, planned_fit = float(ck["elapsed"]), bool(ck.get("planned_fit", False))
     first_log = len(log) == 0
+    step0 = step  # the eta's rate counts this invocation's steps only
+    from benchmark.progress import format_seconds
+
     acc: dict[str, float] = {}
     acc_n = 0
     t_epoch = time.monotonic()
@@ -585,8 +588,11 @@ def train(
         means = {k: round(float(v) / max(1, acc_n), 5) for k, v in acc.items()}
         ep_time = time.monotonic() - t_epoch
         log.append({"epoch": epoch + 1, "step": step, "seconds": round(ep_time, 2), **means})
+        run_s = time.monotonic() - t_start
+        eta = run_s / max(1, step - step0) * (total - step) if step > step0 else None
         print(f"[atop {cfg.purifier}/{cfg.stage}/{cfg.rt}] {'first ' if first_log else ''}epoch {epoch + 1} "
-              f"step {step}/{total} {ep_time:.1f}s {means}", flush=True)
+              f"step {step}/{total} {ep_time:.1f}s elapsed {format_seconds(run_s)} "
+              f"eta {format_seconds(eta) if eta is not None else '?'} {means}", flush=True)
         first_log = False
         acc, acc_n, t_epoch = {}, 0, time.monotonic()
         save_ckpt()

@@ -269,8 +269,11 @@ def run_loop(
 ) -> bool:
     """Epochs of shuffled batches with warmup, clipping, EMA, a checkpoint per epoch and at the deadline.
     Returns True when the wall-clock limit stopped it. ``state`` is updated in place."""
+    from benchmark.progress import format_seconds
+
     steps_per_epoch = n // bs
     t0 = time.time()
+    step0 = state["step"]  # the rate (for the eta) counts this invocation's steps only
     elapsed0 = float(state["elapsed"])
     stopped_by_deadline = False
     model.train()
@@ -309,8 +312,11 @@ def run_loop(
                  "step": state["step"], "images_per_s": round(loss_n * bs / max(dt, 1e-9), 1),
                  "elapsed_s": round(state["elapsed"], 1)}
         state["log"] = [*state["log"], entry]
-        log(f"epoch {entry['epoch']}{'' if finished_epoch else ' (partial)'}: loss {mean_loss:.4f}, "
-            f"{entry['images_per_s']:.0f} img/s, step {state['step']}, {state['elapsed']:.0f}s")
+        steps_left = cfg.epochs * steps_per_epoch - state["step"]
+        eta = (time.time() - t0) / max(1, state["step"] - step0) * steps_left if state["step"] > step0 else None
+        log(f"epoch {entry['epoch']}{'' if finished_epoch else ' (partial)'}/{cfg.epochs}: loss {mean_loss:.4f}, "
+            f"{entry['images_per_s']:.0f} img/s, step {state['step']}, {state['elapsed']:.0f}s"
+            f", eta {format_seconds(eta) if eta is not None else '?'}")
         if finished_epoch:
             state["epoch"] += 1
             state["batch"] = 0
