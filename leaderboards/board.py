@@ -169,6 +169,9 @@ def entry_from_run(run: StoredRun) -> Entry:
         e.gaps.append(f"{g['white_box']} - {g['dw_box']}: {100 * g['gap']:+.1f}")
     if e.scale != "full":
         e.flags.append(f"scale: {e.scale} - not comparable to published")
+    for f in summ.get("flags") or [] if isinstance(summ.get("flags"), list) else []:  # benchmark.diagnostics
+        if isinstance(f, dict) and isinstance(f.get("id"), str):
+            e.flags.append(f"{f['id']}: {f.get('reason', '')} (docs/FLAGS.md#{f['id']})")
     if rec.get("stochastic") and attacks and all(a["eot"] <= 1 and a["family"] != "autoattack" for a in attacks):
         e.flags.append("stochastic defense attacked without EOT")
     used, asked = rec.get("precision", "fp32"), rec.get("precision_requested", "fp32")
