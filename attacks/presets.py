@@ -29,6 +29,7 @@ from .autoattack import autoattack
 from .core import NoisePolicy, check_threat, parse_number, validate_params
 from .cw import cw_l2
 from .pgd import default_step_size, pgd
+from .square import square
 from .stadv import stadv
 
 # Arguments every family takes from the call, not from the preset.
@@ -58,6 +59,7 @@ FAMILIES: dict[str, Family] = {
     "stadv": Family("stadv", stadv, ("stadv",)),
     "autoattack": Family("autoattack", autoattack, ("linf", "l2")),
     "cw": Family("cw", cw_l2, ("l2",)),
+    "square": Family("square", square, ("linf", "l2")),
 }
 
 
@@ -242,6 +244,12 @@ _preset("autoattack_rand", "autoattack", threat="linf",
         source="Croce & Hein 2020 (rand: APGD-CE + APGD-DLR, EOT-20); repeated robustness check with "
                "eval_iter=20 as in the ADDT authors' auto-attack PR #105",
         summary="AutoAttack rand with EOT-20 (pyautoattack)")
+_preset("square", "square", threat="linf",
+        defaults=dict(eps={"linf": 8 / 255, "l2": 0.5}, square_queries=5000, p_init=0.8, restarts=1,
+                      noise_policy="fresh", eval_iter=20),
+        source="Andriushchenko et al. 2020 (Square, 5000 queries, p_init 0.8, as in AutoAttack standard); "
+               "pyautoattack's SquareAttack. Gradient-free: added by the diagnostics when gradients are shattered",
+        summary="Square attack, 5000 queries (gradient-free)")
 _preset("stadv", "stadv", threat="stadv",
         defaults=dict(eps=0.05, steps=100, lr=0.01, tau=0.05, noise_policy="fresh", grad_mode="exact"),
         source="Xiao et al. 2018; settings of Laidlaw et al. 2021 (perceptual_advex StAdvAttack: bound 0.05, "

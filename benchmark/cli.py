@@ -100,6 +100,7 @@ def spec_from_args(args: argparse.Namespace):
                    attack_all=bool(getattr(args, "attack_all", False)),
                    memory_format=getattr(args, "memory_format", "auto"),
                    compile=bool(getattr(args, "compile", False)),
+                   diagnostics=not bool(getattr(args, "no_diagnostics", False)),
                    defense_options=_parse_set(getattr(args, "defense_opt", None) or [], "--defense-opt"))
     if args.protocol:
         from .protocols import apply_protocol
@@ -135,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .api import prepare_run
     from .build import resolve_device
     from .distributed import setup as dist_setup, shard_samples
-    from .report import summary_table
+    from .report import flag_lines, summary_table
     from .progress import LineReporter, stderr_is_terminal
     from .runner import build_attacks, run
 
@@ -189,6 +190,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if rank != 0:  # its rows went to rank 0, which prints the table
             return 0
     con.print(summary_table(result.record, result.summary))
+    for line in flag_lines(result.summary):
+        con.print(line, markup=False, highlight=False)
     if result.record.get("precision_check"):
         pc = result.record["precision_check"]
         con.print(f"precision: attack gradients in {pc['used']} (requested {pc['requested']}; {pc['requested']}-vs-fp32 input-gradient "
@@ -480,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "contiguous on CUDA); recorded in the run record and hash")
     r.add_argument("--compile", action="store_true", help="torch.compile the classifier (no gain over channels-last measured on CPU; "
                    "see benchmarks/README.md)")
+    r.add_argument("--no-diagnostics", action="store_true", help="skip the attack-failure checks (docs/FLAGS.md) and the "
+                   "attacks they add to the default battery (recorded in the run's record and hash)")
     r.add_argument("--out", default=None, help="run directory (default runs/<defense>-<dataset>-<threat>-<scale>-<hash>)")
     r.add_argument("--quiet", action="store_true", help="no progress bars (or, when stderr is not a terminal, "
                    "no progress lines)")

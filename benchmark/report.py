@@ -62,3 +62,19 @@ def summary_table(record: dict[str, Any], summary: dict[str, Any]):
     for g in summary.get("stochasticity_gap", []):
         t.add_row(f"gap {g['white_box']} - {g['dw_box']}", "stochasticity gap", "", "", f"{100 * g['gap']:+.1f} pts", "")
     return t
+
+
+def flag_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per attack-failure flag of a run (benchmark.diagnostics), each pointing at its doc entry.
+
+    Runs from before the diagnostics (no ``flags`` key) print nothing; a run with diagnostics and
+    no flag says so, with what was checked."""
+    if "flags" not in summary:
+        return []
+    flags = [f for f in summary.get("flags") or [] if isinstance(f, dict) and isinstance(f.get("id"), str)]
+    if not flags:
+        d = summary.get("diagnostics") or {}
+        return [f"attack-failure checks: no flag ({d.get('survivors', '?')} survivors, "
+                f"{len(d.get('sample_ids') or [])} probed; see docs/FLAGS.md)"]
+    return [f"FLAG {f['id']}: {f.get('reason', '')} (what to do: {f.get('doc', 'docs/FLAGS.md#' + f['id'])})"
+            for f in flags]

@@ -75,6 +75,7 @@ class RunSpec:
     attack_all: bool = False  # also attack clean-misclassified images (they count as not robust either way)
     memory_format: str = "auto"  # benchmark.speed: channels_last on CPU after a logit probe
     compile: bool = False  # torch.compile the classifier (opt-in; benchmark.speed)
+    diagnostics: bool = True  # attack-failure flags and the battery they extend (benchmark.diagnostics)
 
     def validate(self) -> None:
         if self.threat not in THREAT_DEFAULTS:
@@ -269,6 +270,10 @@ def run(
         defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
                                options=spec.defense_options, probe_images=evalset.images)
     attacks = build_attacks(spec, defense.stochastic)
+    from .diagnostics import battery_probe, diagnose
+
+    probe = battery_probe(spec, defense, evalset, device, attacks)  # may extend the default battery (recorded)
+    attacks += probe.extra
     for atk in attacks:
         atk.policy.check(defense)
     n = len(evalset)
@@ -297,6 +302,7 @@ def run(
         "n_batches": n_batches,
         # which images are attacked; the layout and compilation change numbers at rounding level
         "attack_scope": "all" if spec.attack_all else "clean-correct",
+        "diagnostics": probe.record,
         **speed.record(),
     }
     if precision_check is not None:  # part of the run's identity; fp32 runs keep their pre-option hash
@@ -358,6 +364,10 @@ def run(
             raise BenchError(f"{store.dir}: {len(rows)} stored rows for a run of {n} images; not writing a summary")
         store.write_samples(rows)
         summary = summarize(rows, record)
+        if spec.diagnostics:
+            summary["diagnostics"], summary["flags"], t_diag = diagnose(spec, record, rows, defense, evalset, device,
+                                                                        attacks, probe.flags)
+            timing.update(diagnostics_probe_s=round(probe.seconds, 3), diagnostics_s=round(t_diag, 3))
         store.write_summary(summary)
         store.write_timing({**timing, "finished_unix": time.time()})
     else:

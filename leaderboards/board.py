@@ -219,6 +219,9 @@ def entry_from_run(run: StoredRun) -> Entry:
 
         cut = cut_text(rec)
         e.flags.append(f"scale: {e.scale}{f' (cut: {cut})' if cut else ''} - not comparable to published")
+    for f in summ.get("flags") or [] if isinstance(summ.get("flags"), list) else []:  # benchmark.diagnostics
+        if isinstance(f, dict) and isinstance(f.get("id"), str):
+            e.flags.append(f"{f['id']}: {f.get('reason', '')} (docs/FLAGS.md#{f['id']})")
     if rec.get("stochastic") and attacks and all(a["eot"] <= 1 and a["family"] != "autoattack" for a in attacks):
         e.flags.append("stochastic defense attacked without EOT")
     used, asked = rec.get("precision", "fp32"), rec.get("precision_requested", "fp32")
