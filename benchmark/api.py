@@ -18,7 +18,7 @@ from torch import nn
 from defenses.base import Defense, ModuleDefense
 from leaderboards.board import build_board
 
-from .build import _probe_stochastic, make_defense, resolve_device
+from .build import PROBE_IMAGES, _probe_stochastic, make_defense, resolve_device
 from .errors import BenchError
 from .protocols import apply_protocol
 from .results import RunStore, check_writable
@@ -66,12 +66,14 @@ class Evaluation:
                               "ci95_lo": 100 * e["ci95"][0], "ci95_hi": 100 * e["ci95"][1]} for k, e in entries.items()])
 
 
-def _as_defense(obj: Any, name: str, device: torch.device, stochastic: bool | None) -> Defense:
+def _as_defense(obj: Any, name: str, device: torch.device, stochastic: bool | None, probe: torch.Tensor) -> Defense:
+    """A user's object as a Defense; an nn.Module is probed for hidden randomness on ``probe``
+    (the run's own images), as a plugin module is (:func:`benchmark.build._probe_stochastic`)."""
     if isinstance(obj, Defense):
         return obj.to(device).freeze()
     if isinstance(obj, nn.Module):
         obj = obj.to(device).eval()
-        st = _probe_stochastic(obj, device) if stochastic is None else stochastic
+        st = _probe_stochastic(obj, device, probe[:PROBE_IMAGES], name) if stochastic is None else stochastic
         return ModuleDefense(obj, name=name, stochastic=st, info={"python_object": type(obj).__name__}).freeze()
     raise BenchError(f"defense must be a registered name, a Defense or an nn.Module, got {type(obj).__name__}")
 
@@ -99,7 +101,7 @@ def evaluate(defense: str | nn.Module | Defense, *, threat: str = "linf", datase
     validate_spec(spec)
     if out is None:
         out = default_run_dir(spec) if obj is None else tempfile.mkdtemp(prefix="purifybench-")
-    built = None if obj is None else _as_defense(obj, label, dev, stochastic)
+    built = None if obj is None else _as_defense(obj, label, dev, stochastic, load_spec_evalset(spec).images)
     evalset, built = prepare_run(spec, dev, out, built)
     res = run(spec, out=out, device=dev, defense=built, evalset=evalset)
     return Evaluation(Path(res.dir), res.record, res.summary, res.resumed)
