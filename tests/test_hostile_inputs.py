@@ -298,11 +298,12 @@ def raises(): return Out("raise")
 
 
 def late():
-    """Fails on the third image of cifar10 first:4 only (batch 2 at batch size 1)."""
+    """Fails on the tenth image of cifar10 first:10 only (batch 9 at batch size 1; the probes
+    before the run, for hidden randomness and for shattered gradients, see the first 4 and 8)."""
     global LATE_IMAGE
     from benchmark.data import load_eval_set
 
-    LATE_IMAGE = load_eval_set("cifar10", "first:4").images[2]
+    LATE_IMAGE = load_eval_set("cifar10", "first:10").images[9]
     return Out("late")
 def factory_raises(): raise KeyError("no weights here")
 '''
@@ -311,9 +312,9 @@ def factory_raises(): raise KeyError("no weights here")
 @pytest.mark.parametrize("fn,needle", [
     ("seven", "returned 7 class scores per image, but the dataset has 10 classes"),
     ("thousand", "returned 1000 class scores per image, but the dataset has 10 classes"),
-    ("integer", "returned a torch.int64 tensor of shape (2, 10) (integer or boolean, not logits)"),
+    ("integer", "returned a torch.int64 tensor of shape (4, 10) (integer or boolean, not logits)"),
     ("tup", "returned a tuple of 2 item(s)"),
-    ("batch", "returned a torch.float32 tensor of shape (1, 10) for a batch of 2 images"),
+    ("batch", "returned a torch.float32 tensor of shape (1, 10) for a batch of 4 images"),
     ("raises", "raised RuntimeError: boom inside"),
     ("factory_raises", "failed in its factory: KeyError: 'no weights here'"),
 ])
@@ -328,9 +329,9 @@ def test_a_plugin_failing_mid_run_keeps_the_finished_batches(tmp_path):
     (tmp_path / "late.py").write_text(PLUGINS)
     target = f"{tmp_path / 'late.py'}:late"
     out = tmp_path / "r"
-    one_error(bench(["run", "--defense", target, "--scale", "smoke", "--subset", "first:4", "--batch-size", "1",
+    one_error(bench(["run", "--defense", target, "--scale", "smoke", "--subset", "first:10", "--batch-size", "1",
                      "--attacks", "clean,pgd", "--quiet", "--out", out]), "raised ValueError: late boom")
-    assert sorted(p.name for p in (out / "batches").iterdir()) == ["000000.json", "000001.json"]
+    assert sorted(p.name for p in (out / "batches").iterdir()) == [f"00000{i}.json" for i in range(9)]
     assert not (out / "summary.json").exists()
 
 

@@ -69,3 +69,16 @@ def test_truly_robust_constant_keeps_robust_equal_to_clean(summaries):
     for k, v in summary["attacks"].items():
         assert v["correct"] == clean and v["worst_of_k_correct"] == clean, k
     assert summary["worst_case"]["correct"] == clean
+
+
+def test_traps_raise_their_flags_and_the_healthy_models_none(summaries):
+    """The attack-failure flags (benchmark.diagnostics) name what each trap hides; the two models
+    with nothing hidden (no trap, and the truly robust constant) raise none. The quantizer's
+    flag also made the battery grow by Square and BPDA, which are what break it."""
+    flags = {k: {f["id"] for f in s.get("flags", [])} for k, (_, s) in summaries.items()}
+    assert "shattered-gradients" in flags["quantized"] and "gradient-masking" in flags["quantized"]
+    assert {"square", "pgd_bpda"} <= set(summaries["quantized"][1]["attacks"])
+    assert summaries["quantized"][1]["attacks"]["square"]["correct"] <= N // 10
+    assert "saturated-logits" in flags["huge_logits"]
+    assert "pass-disagreement" in flags["noisy_draws"]
+    assert flags["linear"] == set() and flags["constant"] == set()
