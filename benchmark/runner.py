@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from attacks.core import NoisePolicy
+
 from .config import config_hash
 from .errors import BenchError
 from .provenance import git_commit, library_versions
@@ -174,7 +176,7 @@ def build_attacks(spec: RunSpec, stochastic: bool) -> list[Any]:
         if threat not in entry.meta.get("threats", (threat,)):
             raise BenchError(f"attack {name!r} does not support threat {threat!r} (it supports {', '.join(entry.meta.get('threats', ()))})")
         if stochastic and family == "stadv" and "noise_policy" not in ov:
-            ov["noise_policy"] = "eot:10"  # StAdv on a random defense: EOT, as for PGD
+            ov["noise_policy"] = NoisePolicy(eot=10)  # StAdv on a random defense: EOT, as for PGD
         eps = spec.eps if spec.eps is not None else ov.get("eps")
         if eps is None and threat != "stadv":
             eps = THREAT_DEFAULTS[threat]["eps"]
@@ -197,13 +199,13 @@ def build_attacks(spec: RunSpec, stochastic: bool) -> list[Any]:
             ov["steps"] = min(int(params.get("steps", 100)), scale["autoattack_steps"])
         if "eval_iter" in params and scale.get("eval_iter"):
             ov["eval_iter"] = min(int(params["eval_iter"]), scale["eval_iter"])
-        policy = str(params.get("noise_policy", "fresh"))
-        if "eot:" in policy:
-            k = int(policy.split("eot:")[1].split("+")[0])
+        policy = NoisePolicy.of(params)
+        if policy.eot > 1:
+            k = policy.eot
             k_new = spec.eot if spec.eot is not None else (min(k, scale["eot"]) if scale.get("eot") else k)
-            ov["noise_policy"] = policy.replace(f"eot:{k}", f"eot:{k_new}")
+            ov["noise_policy"] = policy.with_eot(k_new)
         elif spec.eot is not None and "noise_policy" in params and spec.eot > 1:
-            ov["noise_policy"] = (policy + "+" if policy != "fresh" else "") + f"eot:{spec.eot}"
+            ov["noise_policy"] = policy.with_eot(spec.eot)
         atk = make_attack(preset, threat, **ov)
         out.append(dataclasses.replace(atk, name=name) if name != preset else atk)
     return out
@@ -542,11 +544,10 @@ def stochasticity_gaps(record: dict[str, Any], summary: dict[str, Any]) -> list[
         return (a["family"], a["threat"], p.get("eps"), p.get("steps"), p.get("grad_mode"))
 
     for fa in by.values():
-        pol = str(fa["params"].get("noise_policy", "fresh"))
-        if "fixed" in pol:
+        if NoisePolicy.of(fa["params"]).fixes_any:
             continue
         for xa in by.values():
-            if "fixed" in str(xa["params"].get("noise_policy", "")) and budget(xa) == budget(fa):
+            if NoisePolicy.of(xa["params"]).fixes_any and budget(xa) == budget(fa):
                 acc_f = summary["attacks"][fa["attack"]]["accuracy"]
                 acc_x = summary["attacks"][xa["attack"]]["accuracy"]
                 gaps.append({"white_box": fa["attack"], "dw_box": xa["attack"], "gap": acc_f - acc_x})

@@ -27,7 +27,7 @@ from benchmark.seeds import generator
 from benchmark.threats import eps_text, parse_fraction
 from defenses.base import Defense
 
-from .board import FAMILY_LABELS, family_curves, run_attacks, still_falling
+from .board import FAMILY_LABELS, family_curves, policy_of, run_attacks, still_falling
 from .runs import StoredRun, find_runs
 
 VARY = ("eps", "steps", "eot")
@@ -108,10 +108,9 @@ def _step_text(points: Sequence[dict[str, Any]], threat: str) -> str:
     return "step varies"
 
 
-def _policy_base(policy: Any) -> str:
-    """A noise policy without its EOT count (``fixed:all+eot:10`` -> ``fixed:all``)."""
-    parts = [p for p in str(policy or "fresh").split("+") if p and not p.startswith("eot:")]
-    return "+".join(parts) or "fresh"
+def _policy_base(params: dict[str, Any]) -> str:
+    """A stored attack's noise policy without its EOT count (``fixed:all+eot:10`` -> ``fixed:all``)."""
+    return str(policy_of(params).without_eot())
 
 
 def _freeze(v: Any) -> Any:
@@ -170,7 +169,7 @@ def curves_from_runs(
                 continue
             p = params.get(a["name"], {})
             rest = {k: v for k, v in p.items() if k not in _FREE_PARAMS}
-            rest["policy"] = _policy_base(p.get("noise_policy"))
+            rest["policy"] = _policy_base(p)
             fixed = {k: _freeze(a[k]) for k in VARY if k != vary}
             key = (*base, a["family"], _freeze(rest), _freeze(fixed))
             groups.setdefault(key, []).append({**a, "run": str(run.dir), "finished": run.finished,
