@@ -22,7 +22,8 @@ from benchmark.build import make_defense, resolve_device
 from benchmark.data import load_eval_set
 from benchmark.errors import BenchError
 from benchmark.results import check_writable
-from benchmark.runner import THREAT_DEFAULTS, RunSpec, default_run_dir, load_spec_evalset, run, validate_spec
+from benchmark.battery import BATTERY, THREAT_DEFAULTS
+from benchmark.runner import RunSpec, default_run_dir, run, validate_spec
 from benchmark.seeds import generator
 from benchmark.threats import eps_text, parse_fraction
 from defenses.base import Defense
@@ -387,7 +388,7 @@ def sweep(
                                  data_root=data_root, checkpoint=checkpoint,
                                  attacks=list(attacks) if attacks else None))
     specs = [validate_spec(dataclasses.replace(base, **{vary: v})) for v in values]
-    evalset = load_spec_evalset(base)  # with no subset: the scale's first n, recorded in base.subset
+    evalset, _ = BATTERY.evalset(base)  # with no subset: the scale's first n, recorded in base.subset
     defense_obj = make_defense(defense, dataset=dataset, device=dev, checkpoint=checkpoint)
     if vary == "eot" and not defense_obj.stochastic:
         raise BenchError(f"defense {defense!r} is deterministic: EOT draws change nothing; sweep eps or steps")
