@@ -37,7 +37,7 @@ from torch import Tensor
 from benchmark.errors import BenchError
 from defenses.base import Defense, Noise
 
-from .core import Best, Objective, PolicyModel, project, validate_params
+from .core import Best, NoisePolicy, Objective, PolicyModel, project, validate_params
 
 AA_THREATS = ("linf", "l2")
 _NORMS = {"linf": "Linf", "l2": "L2"}
@@ -89,7 +89,7 @@ def autoattack(
     version: str = "standard",
     steps: int = 100,
     restarts: int | None = None,
-    noise_policy: str = "fresh",
+    noise_policy: str | NoisePolicy = "fresh",
     grad_mode: str = "exact",
     generator: torch.Generator | None = None,
     eval_noise: Noise | None = None,

@@ -22,6 +22,7 @@ All randomness (noise draws, random starts) comes from the ``generator`` argumen
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -111,6 +112,21 @@ class NoisePolicy:
         if self.eot > 1:
             toks.append(f"eot:{self.eot}")
         return "+".join(toks) or "fresh"
+
+    @staticmethod
+    def of(params: Mapping[str, Any]) -> "NoisePolicy":
+        """The policy of an attack's parameter dict (a preset's or a stored record's; fresh when absent)."""
+        return NoisePolicy.parse(params.get("noise_policy", "fresh") or "fresh")
+
+    def with_eot(self, k: int) -> "NoisePolicy":
+        """The same fixed parts with ``k`` draws per gradient (``k = 1``: no averaging)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise BenchError(f"EOT draws must be a positive integer, got {k!r}")
+        return dataclasses.replace(self, eot=k)
+
+    def without_eot(self) -> "NoisePolicy":
+        """What the attacker fixes, without the averaging (``fixed:all+eot:10`` -> ``fixed:all``)."""
+        return self.with_eot(1)
 
     @property
     def fixes_any(self) -> bool:

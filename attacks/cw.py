@@ -23,7 +23,7 @@ from torch import Tensor
 from benchmark.errors import BenchError
 from defenses.base import Defense, Noise
 
-from .core import Objective, PolicyModel, project, validate_params
+from .core import NoisePolicy, Objective, PolicyModel, project, validate_params
 
 
 def cw_l2(
@@ -37,7 +37,7 @@ def cw_l2(
     c: float = 1.0,
     kappa: float = 0.0,
     lr: float = 0.01,
-    noise_policy: str = "fresh",
+    noise_policy: str | NoisePolicy = "fresh",
     grad_mode: str = "exact",
     generator: torch.Generator | None = None,
     eval_noise: Noise | None = None,

@@ -26,7 +26,7 @@ from torch import Tensor
 from benchmark.errors import BenchError
 from defenses.base import Defense, Noise
 
-from .core import Best, Objective, ascent_step, make_loss, project, random_start, validate_params
+from .core import Best, NoisePolicy, Objective, ascent_step, make_loss, project, random_start, validate_params
 
 PGD_THREATS = ("linf", "l2")
 
@@ -46,7 +46,7 @@ def pgd(
     steps: int = 20,
     step_size: float | None = None,
     restarts: int = 1,
-    noise_policy: str = "fresh",
+    noise_policy: str | NoisePolicy = "fresh",
     grad_mode: str = "exact",
     generator: torch.Generator | None = None,
     eval_noise: Noise | None = None,

@@ -26,7 +26,7 @@ from torch import Tensor
 from benchmark.errors import BenchError
 from defenses.base import Defense, Noise
 
-from .core import Best, Objective, make_loss, validate_params
+from .core import Best, NoisePolicy, Objective, make_loss, validate_params
 
 
 def identity_grid(x: Tensor) -> Tensor:
@@ -64,7 +64,7 @@ def stadv(
     steps: int = 100,
     lr: float = 0.01,
     tau: float = 0.05,
-    noise_policy: str = "fresh",
+    noise_policy: str | NoisePolicy = "fresh",
     grad_mode: str = "exact",
     generator: torch.Generator | None = None,
     eval_noise: Noise | None = None,

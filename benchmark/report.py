@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from attacks.core import NoisePolicy
+
 from .threats import eps_text
 
 
@@ -14,9 +16,9 @@ def budget_text(a: dict[str, Any]) -> str:
         bits.append(f"eps={eps_text(e, a['threat'])}")
     if p.get("steps") is not None:
         bits.append(f"steps={p['steps']}")
-    pol = p.get("noise_policy", "fresh")
-    if pol != "fresh":
-        bits.append(pol)
+    pol = NoisePolicy.of(p)
+    if pol != NoisePolicy():
+        bits.append(str(pol))
     if p.get("grad_mode", "exact") != "exact":
         bits.append(p["grad_mode"])
     if p.get("eval_iter"):

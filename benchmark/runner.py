@@ -25,31 +25,18 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from attacks.core import NoisePolicy
+
+from .battery import BATTERY, SCALES, THREAT_DEFAULTS  # noqa: F401  (SCALES, THREAT_DEFAULTS re-exported)
 from .config import config_hash
 from .errors import BenchError
 from .provenance import git_commit, library_versions
 from .results import RunStore
 from .seeds import derive_seed, generator
-from .threats import DEFAULT_EPS
 
 if TYPE_CHECKING:
     from .distributed import Comm
     from .speed import SpeedChoice
-
-# The default battery per threat: (attack preset for deterministic defenses, for stochastic ones).
-THREAT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linf": {"eps": DEFAULT_EPS["linf"], "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
-    "l2": {"eps": DEFAULT_EPS["l2"], "deterministic": ["autoattack_standard", "pgd"], "stochastic": ["autoattack_rand", "pgd_eot"]},
-    "stadv": {"eps": DEFAULT_EPS["stadv"], "deterministic": ["stadv"], "stochastic": ["stadv"]},
-}
-
-# `--scale cpu`: what a 2-core CPU finishes in minutes. Every number it prints says so.
-SCALES: dict[str, dict[str, Any]] = {
-    "full": {},
-    "cpu": {"n": 64, "steps": 10, "eot": 4, "eval_iter": 4, "autoattack_steps": 20},
-    "smoke": {"n": 8, "steps": 2, "eot": 2, "eval_iter": 2, "autoattack_steps": 2},
-}
-
 
 @dataclass
 class RunSpec:
@@ -154,60 +141,8 @@ def validate_spec(spec: RunSpec) -> RunSpec:
 
 
 def build_attacks(spec: RunSpec, stochastic: bool) -> list[Any]:
-    """Attack objects for the run, with eps/steps/eot overrides and the scale applied."""
-    from attacks import make_attack
-
-    from .scalecut import scale_limits
-
-    names = spec.attacks if spec.attacks is not None else THREAT_DEFAULTS[spec.threat]["stochastic" if stochastic else "deterministic"]
-    scale = scale_limits(spec)  # the scale's limits with the defense's own cut (benchmark.scalecut)
-    out = []
-    for name in names:
-        if name == "clean":
-            continue
-        from benchmark.registry import ATTACKS
-
-        ov: dict[str, Any] = dict(spec.attack_overrides.get(name, {}))
-        preset = str(ov.pop("preset", name))  # a protocol may alias a preset, e.g. pgd1000 = pgd with steps 1000
-        entry = ATTACKS.get(preset)
-        family = entry.meta.get("family")
-        threat = spec.threat
-        if threat not in entry.meta.get("threats", (threat,)):
-            raise BenchError(f"attack {name!r} does not support threat {threat!r} (it supports {', '.join(entry.meta.get('threats', ()))})")
-        if stochastic and family == "stadv" and "noise_policy" not in ov:
-            ov["noise_policy"] = "eot:10"  # StAdv on a random defense: EOT, as for PGD
-        eps = spec.eps if spec.eps is not None else ov.get("eps")
-        if eps is None and threat != "stadv":
-            eps = THREAT_DEFAULTS[threat]["eps"]
-        if eps is not None:
-            ov["eps"] = eps
-        user_step = "step_size" in ov
-        base = make_attack(preset, threat, **ov)
-        params = dict(base.params)
-        if spec.eps is not None and not user_step and params.get("step_size") is not None:
-            # --eps keeps the preset's step/eps ratio: a fixed 2/255 step at eps 1/255 only jumps
-            # between the box's corners and under-attacks (standard, PGD-20, 64 images: 51.6% vs 45.3%)
-            ref = make_attack(preset, threat, **{k: v for k, v in ov.items() if k != "eps"}).params
-            if ref.get("eps") and ref.get("step_size") is not None and float(ref["eps"]) != float(spec.eps):
-                ov["step_size"] = float(ref["step_size"]) * float(spec.eps) / float(ref["eps"])
-        if spec.steps is not None and "steps" in params:
-            ov["steps"] = spec.steps
-        elif "steps" in params and scale.get("steps") and family != "autoattack":
-            ov["steps"] = min(int(params["steps"]), scale["steps"]) if int(params["steps"]) > 1 else params["steps"]
-        if family == "autoattack" and scale.get("autoattack_steps") and spec.steps is None:
-            ov["steps"] = min(int(params.get("steps", 100)), scale["autoattack_steps"])
-        if "eval_iter" in params and scale.get("eval_iter"):
-            ov["eval_iter"] = min(int(params["eval_iter"]), scale["eval_iter"])
-        policy = str(params.get("noise_policy", "fresh"))
-        if "eot:" in policy:
-            k = int(policy.split("eot:")[1].split("+")[0])
-            k_new = spec.eot if spec.eot is not None else (min(k, scale["eot"]) if scale.get("eot") else k)
-            ov["noise_policy"] = policy.replace(f"eot:{k}", f"eot:{k_new}")
-        elif spec.eot is not None and "noise_policy" in params and spec.eot > 1:
-            ov["noise_policy"] = (policy + "+" if policy != "fresh" else "") + f"eot:{spec.eot}"
-        atk = make_attack(preset, threat, **ov)
-        out.append(dataclasses.replace(atk, name=name) if name != preset else atk)
-    return out
+    """Attack objects for the run, with eps/steps/eot overrides and the scale applied (:mod:`benchmark.battery`)."""
+    return BATTERY.attacks(spec, stochastic)
 
 
 def check_logits(logits: torch.Tensor, batch: int) -> None:
@@ -222,17 +157,8 @@ def _norm(delta: torch.Tensor, threat: str) -> list[float]:
 
 
 def load_spec_evalset(spec: RunSpec) -> Any:
-    """The images of a run: the spec's subset, or, with no subset, the scale's first n."""
-    from .data import load_eval_set
-    from .scalecut import apply_scale_cut, scale_limits
-
-    apply_scale_cut(spec)  # the defense's declared cut at this scale (recorded in scale_limits)
-    evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
-    n_limit = scale_limits(spec).get("n")
-    if n_limit and spec.subset is None and len(evalset) > n_limit:
-        spec.subset = f"first:{n_limit}"  # recorded: the table and record name the subset used
-        evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
-    return evalset
+    """The images of a run: the spec's subset, or, with no subset, the scale's first n (:mod:`benchmark.battery`)."""
+    return BATTERY.evalset(spec)[0]
 
 
 @dataclass
@@ -552,11 +478,10 @@ def stochasticity_gaps(record: dict[str, Any], summary: dict[str, Any]) -> list[
         return (a["family"], a["threat"], p.get("eps"), p.get("steps"), p.get("grad_mode"))
 
     for fa in by.values():
-        pol = str(fa["params"].get("noise_policy", "fresh"))
-        if "fixed" in pol:
+        if NoisePolicy.of(fa["params"]).fixes_any:
             continue
         for xa in by.values():
-            if "fixed" in str(xa["params"].get("noise_policy", "")) and budget(xa) == budget(fa):
+            if NoisePolicy.of(xa["params"]).fixes_any and budget(xa) == budget(fa):
                 acc_f = summary["attacks"][fa["attack"]]["accuracy"]
                 acc_x = summary["attacks"][xa["attack"]]["accuracy"]
                 gaps.append({"white_box": fa["attack"], "dw_box": xa["attack"], "gap": acc_f - acc_x})

@@ -7,7 +7,7 @@ further, e.g.::
 
     @register_defense("diffpure", ..., scale_cuts={"cpu": {"n": 16, "defense_options": {"steps": 5}}})
 
-Keys: ``n`` (images) and the generic limit keys of ``benchmark.runner.SCALES`` override the
+Keys: ``n`` (images) and the generic limit keys of ``benchmark.battery.SCALES`` override the
 scale's own; ``defense_options`` are factory keywords (e.g. strided denoising steps). The cut is
 applied in one place (:func:`apply_scale_cut`, called where the run's images are chosen), only
 for what the user did not set (an explicit ``--defense-opt`` or ``--subset`` wins), and
@@ -48,7 +48,7 @@ def scale_limits(spec: Any) -> dict[str, Any]:
     """The scale's limits with the defense's cut in force: what the record stores as ``scale_limits``.
 
     ``defense_options`` lists only the cut's options the run uses (the user may have set others)."""
-    from .runner import SCALES
+    from .battery import SCALES
 
     limits = dict(SCALES[spec.scale])
     cut = defense_cut(spec.defense, spec.scale)
@@ -63,7 +63,7 @@ def scale_limits(spec: Any) -> dict[str, Any]:
 
 def cut_text(record: dict[str, Any]) -> str:
     """What a stored run's scale cut beyond the generic limits, for titles: ``defense steps=5, n=16``."""
-    from .runner import SCALES
+    from .battery import SCALES
 
     limits = record.get("scale_limits") or {}
     generic = SCALES.get(str(record.get("scale")), {})

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from attacks.core import NoisePolicy
 from benchmark.errors import BenchError
 from benchmark.stats import clopper_pearson
 from benchmark.threats import THREATS, eps_text  # noqa: F401  (eps_text re-exported)
@@ -37,13 +38,16 @@ THREAT_MODELS = {"exact": "exact gradients through the whole defense",
 # ----------------------------------------------------------------------- helpers
 def eot_of(params: dict[str, Any]) -> int:
     """EOT draws per gradient step from a noise policy such as ``fixed:all+eot:10``."""
-    pol = str(params.get("noise_policy", "fresh"))
-    if "eot:" in pol:
-        try:
-            return int(pol.split("eot:")[1].split("+")[0])
-        except ValueError:
-            return 1
-    return 1
+    return policy_of(params).eot
+
+
+def policy_of(params: dict[str, Any]) -> NoisePolicy:
+    """The noise policy of a stored attack; fresh for a record whose policy text does not parse
+    (the board reads stored runs and shows them rather than failing on one odd record)."""
+    try:
+        return NoisePolicy.of(params)
+    except BenchError:
+        return NoisePolicy()
 
 
 def attack_family(a: dict[str, Any]) -> str:
@@ -52,7 +56,7 @@ def attack_family(a: dict[str, Any]) -> str:
     fam, p = a.get("family"), a.get("params", {})
     if fam in ("autoattack", "stadv", "cw"):
         return fam
-    if "fixed" in str(p.get("noise_policy", "")):
+    if policy_of(p).fixes_any:
         return "dwbox"
     if p.get("loss") == "cw":
         return "cw"
@@ -133,7 +137,7 @@ def run_attacks(run: StoredRun) -> list[dict[str, Any]]:
         fam = attack_family(a)
         extra = ""
         if fam == "dwbox":
-            extra = str(p.get("noise_policy", "")).split("+")[0]
+            extra = str(policy_of(p).without_eot())
         elif fam == "autoattack":
             extra = str(p.get("version", ""))
         attacks.append({"name": name, "family": fam, "threat_model": threat_model_of(a), "eps": p.get("eps"), "steps": p.get("steps"), "eot": eot_of(p),

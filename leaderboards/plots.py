@@ -22,12 +22,13 @@ from benchmark.build import make_defense, resolve_device
 from benchmark.data import load_eval_set
 from benchmark.errors import BenchError
 from benchmark.results import check_writable
-from benchmark.runner import THREAT_DEFAULTS, RunSpec, default_run_dir, load_spec_evalset, run, validate_spec
+from benchmark.battery import BATTERY, THREAT_DEFAULTS
+from benchmark.runner import RunSpec, default_run_dir, run, validate_spec
 from benchmark.seeds import generator
 from benchmark.threats import eps_text, parse_fraction
 from defenses.base import Defense
 
-from .board import FAMILY_LABELS, family_curves, run_attacks, still_falling
+from .board import FAMILY_LABELS, family_curves, policy_of, run_attacks, still_falling
 from .runs import StoredRun, find_runs
 
 VARY = ("eps", "steps", "eot")
@@ -108,10 +109,9 @@ def _step_text(points: Sequence[dict[str, Any]], threat: str) -> str:
     return "step varies"
 
 
-def _policy_base(policy: Any) -> str:
-    """A noise policy without its EOT count (``fixed:all+eot:10`` -> ``fixed:all``)."""
-    parts = [p for p in str(policy or "fresh").split("+") if p and not p.startswith("eot:")]
-    return "+".join(parts) or "fresh"
+def _policy_base(params: dict[str, Any]) -> str:
+    """A stored attack's noise policy without its EOT count (``fixed:all+eot:10`` -> ``fixed:all``)."""
+    return str(policy_of(params).without_eot())
 
 
 def _freeze(v: Any) -> Any:
@@ -170,7 +170,7 @@ def curves_from_runs(
                 continue
             p = params.get(a["name"], {})
             rest = {k: v for k, v in p.items() if k not in _FREE_PARAMS}
-            rest["policy"] = _policy_base(p.get("noise_policy"))
+            rest["policy"] = _policy_base(p)
             fixed = {k: _freeze(a[k]) for k in VARY if k != vary}
             key = (*base, a["family"], _freeze(rest), _freeze(fixed))
             groups.setdefault(key, []).append({**a, "run": str(run.dir), "finished": run.finished,
@@ -388,7 +388,7 @@ def sweep(
                                  data_root=data_root, checkpoint=checkpoint,
                                  attacks=list(attacks) if attacks else None))
     specs = [validate_spec(dataclasses.replace(base, **{vary: v})) for v in values]
-    evalset = load_spec_evalset(base)  # with no subset: the scale's first n, recorded in base.subset
+    evalset, _ = BATTERY.evalset(base)  # with no subset: the scale's first n, recorded in base.subset
     defense_obj = make_defense(defense, dataset=dataset, device=dev, checkpoint=checkpoint)
     if vary == "eot" and not defense_obj.stochastic:
         raise BenchError(f"defense {defense!r} is deterministic: EOT draws change nothing; sweep eps or steps")

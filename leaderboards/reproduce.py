@@ -27,7 +27,6 @@ model's attacks, for a protocol that runs the paper's threat model beside ours),
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,11 +36,10 @@ import pandas as pd
 from benchmark.errors import BenchError
 from benchmark.stats import mcnemar_exact
 from benchmark.build import make_defense, resolve_device
-from benchmark.data import load_eval_set
 from benchmark.protocols import apply_protocol, load_protocol
 from benchmark.results import RunStore, check_writable
+from benchmark.battery import BATTERY
 from benchmark.runner import SCALES, RunSpec, run, spec_hash, validate_spec
-from benchmark.scalecut import apply_scale_cut, scale_limits
 from .published import load_published
 
 RELATIONS = (">=", ">", "<=", "<")
@@ -294,18 +292,13 @@ def reproduce(
         spec = apply_protocol(RunSpec(defense=name, scale=scale, batch_size=batch_size, seed=seed,
                                       data_root=data_root), protocol_name)
         validate_spec(spec)
-        apply_scale_cut(spec)  # a defense's own cut at this scale (benchmark.scalecut), recorded
-        key = (spec.dataset, spec.subset, spec.source, spec.data_root, scale_limits(spec).get("n"))
+        BATTERY.apply_cut(spec)  # a defense's own cut at this scale (benchmark.scalecut), recorded
+        key = (spec.dataset, spec.subset, spec.source, spec.data_root, BATTERY.limits(spec).get("n"))
         if key not in evalsets:
-            ev = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
-            limit = scale_limits(spec).get("n")
-            if limit and len(ev) > limit:
-                msg = (f"scale {scale}: evaluating the first {limit} of the protocol's {len(ev)} images "
-                       f"({ev.subset}); the published setting is scale full")
+            ev, msg = BATTERY.evalset(spec, cut_given_subset=True)  # the image limit: the battery's one rule
+            if msg:
                 notes.append(msg)
                 note(msg)
-                ev = dataclasses.replace(ev, images=ev.images[:limit], labels=ev.labels[:limit], ids=ev.ids[:limit],
-                                         subset=f"{ev.subset}[:{limit}]")
             evalsets[key] = ev
         evalset = evalsets[key]
         try:

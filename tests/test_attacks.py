@@ -412,3 +412,18 @@ def test_noise_policy_parsing_round_trips():
     assert (p.eot, p.fixed, str(p)) == (10, ("forward", "reverse"), "fixed:forward,reverse+eot:10")
     assert NoisePolicy.parse(str(p)) == p
     assert math.isclose(make_attack("pgd", eps="8/255").params["eps"], 8 / 255)
+
+
+def test_noise_policy_edits_are_objects_not_text():
+    """The runner and the board edit and read policies through NoisePolicy; hand-written answers."""
+    p = NoisePolicy.parse("fixed:forward+eot:10")
+    assert str(p.with_eot(3)) == "fixed:forward+eot:3"
+    assert str(p.with_eot(1)) == "fixed:forward" == str(p.without_eot())
+    assert str(NoisePolicy().with_eot(5)) == "eot:5"
+    assert NoisePolicy.of({}) == NoisePolicy() and NoisePolicy.of({"noise_policy": "eot:7"}).eot == 7
+    assert NoisePolicy.of({"noise_policy": "fixed"}).fixes_any and not NoisePolicy.of({"noise_policy": "eot:4"}).fixes_any
+    with pytest.raises(BenchError):
+        p.with_eot(0)
+    # a policy object passed as an override is stored as its canonical text (records stay strings)
+    atk = make_attack("pgd", noise_policy=NoisePolicy(eot=4, fixed_all=True))
+    assert atk.params["noise_policy"] == "fixed:all+eot:4"
