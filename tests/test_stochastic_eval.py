@@ -154,7 +154,7 @@ def test_final_predictions_of_an_opaque_module_draw_new_noise(tmp_path, monkeypa
 
     monkeypatch.setattr(attacks, "predict", tagged)
     defense = ModuleDefense(rec, name="recorder", stochastic=True).freeze()
-    spec = RunSpec(defense="recorder", attacks=["autoattack_rand", "pgd_eot"], scale="smoke", subset="first:4",
+    spec = RunSpec(defense="recorder", diagnostics=False, attacks=["autoattack_rand", "pgd_eot"], scale="smoke", subset="first:4",
                    eval_repeats=2, attack_all=True)
     run(spec, out=tmp_path / "r", device=torch.device("cpu"), defense=defense)
     seen = {f for p, f in rec.draws if p == "attack"}
