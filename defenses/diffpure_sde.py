@@ -68,7 +68,7 @@ RB_STANDARD = "Standard.pt (RobustBench cifar10/Linf 'Standard', WRN-28-10; robu
 
 
 # --------------------------------------------------------------------------- loading
-def _torch_load(path: Path) -> Any:
+def _load_weights_only(path: Path) -> Any:
     """torch.load(weights_only=True) with one-line errors for pickles and corrupt bytes."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -90,7 +90,7 @@ def _read(path: Path) -> Any:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise BenchError(f"corrupt safetensors checkpoint {path}: {e}") from None
-    return _torch_load(path)
+    return _load_weights_only(path)
 
 
 def _strip(state: dict[str, Any]) -> dict[str, Any]:
