@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.errors import BenchError, first_line
+from benchmark.errors import BenchError
 from benchmark.registry import register_defense
 
 from .base import Defense, Noise, Stage, rand, randn
-from .weights import load_state_dict, sha256_file
+from .weights import load_container, load_state_dict, sha256_file
 from benchmark.registry import CLASSIFIERS, load_builtins
 
 PRETRAINED_FILE = "states_pt_places2.pth"
@@ -275,7 +275,7 @@ def load_deepfill(weights: str | Path | None, cnum: int = 48) -> tuple[DeepFillG
     if path.suffix == ".safetensors":
         state = load_state_dict(path)
     else:
-        obj = _load_container(path)
+        obj = load_container(path)
         g = obj.get("G", obj) if isinstance(obj, dict) else obj
         if not isinstance(g, dict) or not all(isinstance(v, Tensor) for v in g.values()):
             raise BenchError(f"{path}: expected the authors' container {{'G': generator state dict, ...}} or a state dict")
@@ -292,21 +292,6 @@ def load_deepfill(weights: str | Path | None, cnum: int = 48) -> tuple[DeepFillG
                          f"wrong shape {bad[:3]}, unexpected {extra[:3]}")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval(), sha256_file(path)
-
-
-def _load_container(path: Path) -> Any:
-    """torch.load(weights_only=True) with the same one-line errors as defenses.weights.load_state_dict."""
-    import pickle
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" not in str(e).lower():
-            raise BenchError(f"corrupt checkpoint {path}: {first_line(e)}") from None
-        raise BenchError(f"checkpoint {path} needs pickle to load (it holds Python objects, not just tensors); "
-                         "refusing to unpickle an untrusted file") from None
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as e:  # garbage bytes
-        raise BenchError(f"corrupt checkpoint {path}: {first_line(e)}") from None
 
 
 _OPTIONS = ("weights", "checkpoint", "classifier", "rt", "size", "cnum", "output")

@@ -42,7 +42,6 @@ gradient checkpointing (DiffPure uses the adjoint method; we backpropagate exact
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ from .base import Defense, Noise, Stage, randn
 from .diffpure_imagenet import VPSDE, euler_grid
 from .diffusion import call_eps
 from .ncsnpp import CIFAR10_DDPMPP_DEEP, NCSNpp, NCSNppConfig, reduced_config
-from .weights import sha256_file
+from .weights import load_container, sha256_file
 
 SCORE_SDE_FILE = "checkpoint_8.pth"
 SCORE_SDE_PAGE = ("the score_sde_pytorch checkpoints folder vp/cifar10_ddpmpp_deep_continuous/checkpoints/ "
@@ -68,29 +67,8 @@ RB_STANDARD = "Standard.pt (RobustBench cifar10/Linf 'Standard', WRN-28-10; robu
 
 
 # --------------------------------------------------------------------------- loading
-def _load_weights_only(path: Path) -> Any:
-    """torch.load(weights_only=True) with one-line errors for pickles and corrupt bytes."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" not in str(e).lower():
-            raise BenchError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None
-        raise BenchError(f"checkpoint {path} needs pickle to load (it holds Python objects, not just tensors); "
-                         "refusing to unpickle an untrusted file: re-save it as a state dict or safetensors") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BenchError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None
-
-
 def _read(path: Path) -> Any:
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise BenchError(f"corrupt safetensors checkpoint {path}: {e}") from None
-    return _load_weights_only(path)
+    return load_container(path)  # safetensors or torch.load(weights_only=True), one-line errors
 
 
 def _strip(state: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,14 @@ def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str,
         got = sha256_file(p)
         if got != sha256:
             raise BenchError(f"checkpoint {p} has sha256 {got[:16]}..., expected {sha256[:16]}... (corrupt or wrong file)")
+    return _unwrap(load_container(p))
+
+
+def load_container(path: str | Path) -> Any:
+    """What a checkpoint file holds, read safely: safetensors, or ``torch.load(weights_only=True)``
+    (tensors and plain containers only); a pickle of Python objects or garbage bytes is one
+    BenchError line. The one safe reader behind every checkpoint format we accept."""
+    p = Path(path)
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -63,7 +71,7 @@ def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str,
         except (SafetensorError, OSError, ValueError) as e:
             raise BenchError(f"corrupt safetensors checkpoint {p}: {e}") from None
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():  # not a forbidden object: the bytes themselves are bad
             raise BenchError(f"corrupt checkpoint {p}: {first_line(e)}") from None
@@ -73,7 +81,6 @@ def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str,
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as e:  # garbage bytes
         raise BenchError(f"corrupt checkpoint {p}: {first_line(e)}") from None
-    return _unwrap(obj)
 
 
 def save_safetensors(state: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> str:

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from benchmark.data import EvalSet
-from defenses.base import Defense, Stage, randn
+from defenses.base import Defense, Stage
+from tests.plugins.traps import Gaussian
 
 N_CLASSES = 10
 
@@ -47,20 +48,9 @@ class Quantize(Stage):
         return torch.round(x * k) / k
 
 
-class BigNoise(Stage):
-    """x + sigma N(0, 1): passes on the same image disagree often."""
-
-    noise_names = ("gaussian",)
-
-    def __init__(self, sigma: float) -> None:
-        super().__init__()
-        self.sigma = sigma
-
-    def sample_noise(self, x, generator):
-        return {"gaussian": randn(x.shape, generator, x)}
-
-    def forward(self, x, noise):
-        return (x + self.sigma * noise["gaussian"]).clamp(0, 1)
+def BigNoise(sigma: float) -> Gaussian:
+    """x + sigma N(0, 1), clipped: passes on the same image disagree often."""
+    return Gaussian(sigma, clamp=True)
 
 
 class Scaled(nn.Module):

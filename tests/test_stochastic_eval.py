@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 import benchmark  # noqa: F401  (torchvision shim)
+from tests.plugins.traps import Gaussian
 from attacks import autoattack, predict
 from benchmark.build import make_defense
 from benchmark.cli import main
 from benchmark.data import load_eval_set
 from benchmark.runner import RunSpec, run
-from defenses.base import Defense, ModuleDefense, Stage, randn
+from defenses.base import Defense, ModuleDefense
 
 PLUG = str(Path(__file__).parent / "plugins" / "probe_plugins.py")
 
@@ -27,20 +28,6 @@ PLUG = str(Path(__file__).parent / "plugins" / "probe_plugins.py")
 # --------------------------------------------------------------------------------------
 # 1. AutoAttack-rand's selection rule
 # --------------------------------------------------------------------------------------
-class _Gauss(Stage):
-    noise_names = ("gaussian",)
-
-    def __init__(self, sigma: float) -> None:
-        super().__init__()
-        self.sigma = sigma
-
-    def sample_noise(self, x, generator):
-        return {"gaussian": randn(x.shape, generator, x)}
-
-    def forward(self, x, noise):
-        return x + self.sigma * noise["gaussian"]
-
-
 class _Linear(nn.Module):
     """logit_c = <P_c, x - 0.5> / d for +-1 patterns P_c."""
 
@@ -65,7 +52,7 @@ def test_autoattack_rand_attacks_while_any_pass_is_correct(monkeypatch):
     P = torch.randint(0, 2, (4, 1, 16, 16), generator=g).float() * 2 - 1
     y = torch.arange(32) % 4
     x = 0.5 + 0.012 * P[y]
-    d = Defense(_Linear(P), transform=_Gauss(0.1), name="gauss-toy").freeze()
+    d = Defense(_Linear(P), transform=Gaussian(0.1), name="gauss-toy").freeze()
     sizes: dict[str, int] = {}
     orig = aa_mod._run_component
 

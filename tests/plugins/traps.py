@@ -61,17 +61,21 @@ class Quantize(Stage):
 
 
 class Gaussian(Stage):
+    """x + sigma N(0, 1) with declared noise (clipped to [0, 1] if ``clamp``); the one toy noise
+    stage of the suite's known-answer defenses (also tests/diag_toys.py, tests/test_stochastic_eval.py)."""
+
     noise_names = ("gaussian",)
 
-    def __init__(self, sigma: float) -> None:
+    def __init__(self, sigma: float, clamp: bool = False) -> None:
         super().__init__()
-        self.sigma = sigma
+        self.sigma, self.clamp = sigma, clamp
 
     def sample_noise(self, x, generator):
         return {"gaussian": randn(x.shape, generator, x)}
 
     def forward(self, x, noise):
-        return x + self.sigma * noise["gaussian"]
+        out = x + self.sigma * noise["gaussian"]
+        return out.clamp(0, 1) if self.clamp else out
 
 
 class _OpaqueNoise(nn.Module):
