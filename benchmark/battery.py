@@ -128,6 +128,8 @@ class Battery:
                 ov["steps"] = min(int(params.get("steps", 100)), scale["autoattack_steps"])
             if "eval_iter" in params and scale.get("eval_iter"):
                 ov["eval_iter"] = min(int(params["eval_iter"]), scale["eval_iter"])
+            if "square_queries" in params and scale.get("square_queries") and "square_queries" not in ov:
+                ov["square_queries"] = min(int(params["square_queries"]), int(scale["square_queries"]))
             policy = self.eot_policy(params, spec.eot, scale.get("eot"))
             if policy is not None:
                 ov["noise_policy"] = policy

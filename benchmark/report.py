@@ -23,6 +23,8 @@ def budget_text(a: dict[str, Any]) -> str:
         bits.append(p["grad_mode"])
     if p.get("eval_iter"):
         bits.append(f"eval_iter={p['eval_iter']}")
+    if p.get("square_queries") not in (None, 5000):  # a cut Square budget (5000: AutoAttack's own)
+        bits.append(f"square={p['square_queries']}")
     return " ".join(bits)
 
 

@@ -193,3 +193,26 @@ def test_training_prints_one_line_per_epoch_with_eta(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if re.search(r"\] epoch \d+/2: ", ln)]
     assert len(lines) == 2, lines
     assert re.search(r"epoch 1/2: .* step 2, .*, eta \d+s$", lines[0]) and lines[1].endswith("eta 0s")
+
+
+def test_square_budget_cut_reaches_autoattack_and_square_and_is_shown():
+    """at_pgd's cpu cut caps Square's 5000 queries at 1000 inside AutoAttack and alone; the budget
+    column says so; an explicit override and the full scale keep the published 5000."""
+    from benchmark.battery import BATTERY
+    from benchmark.report import budget_text
+    from benchmark.runner import RunSpec
+    from benchmark.scalecut import scale_limits
+
+    spec = RunSpec(defense="at_pgd", scale="cpu", attacks=["autoattack_standard", "square"])
+    assert scale_limits(spec)["square_queries"] == 1000
+    atks = {a.name: a for a in BATTERY.attacks(spec, stochastic=False)}
+    assert atks["autoattack_standard"].params["square_queries"] == 1000
+    assert atks["square"].params["square_queries"] == 1000
+    text = budget_text({"params": dict(atks["square"].params), "threat": "linf"})
+    assert "square=1000" in text
+    own = RunSpec(defense="at_pgd", scale="cpu", attacks=["square"], attack_overrides={"square": {"square_queries": 3000}})
+    assert BATTERY.attacks(own, stochastic=False)[0].params["square_queries"] == 3000
+    full = RunSpec(defense="at_pgd", scale="full", attacks=["autoattack_standard"])
+    assert BATTERY.attacks(full, stochastic=False)[0].params["square_queries"] == 5000
+    std = RunSpec(defense="standard", scale="cpu", attacks=["autoattack_standard"])  # no cut: AutoAttack's own
+    assert BATTERY.attacks(std, stochastic=False)[0].params["square_queries"] == 5000
