@@ -3,7 +3,7 @@
 The model. A run is a sequence of passes through the defense, each on some images; its time is
 the sum over passes of (images x the cost of one image in that kind of pass). Two kinds of pass
 are measured on one probe batch (the run's first ``batch_size`` images, with the run's weight
-layout and attack precision):
+layout and attack precision; gradients on the probe's images the attacks will take):
 
 * a *forward* pass: ``defense(x, noise)`` without gradient (purifier and classifier, one noise
   draw): what clean predictions, final predictions, evaluation passes and Square queries do;
@@ -12,8 +12,9 @@ layout and attack precision):
   what one attack iteration costs per draw. One is measured per distinct (grad_mode, surrogate)
   among the run's attacks.
 
-Per image, the cost is taken as linear in the number of images of a pass (the per-image cost of
-the probe batch), which holds within a few percent for the batch sizes the runner uses.
+Per image, the cost is taken as linear in the number of images of a pass. On a CPU it is not
+quite (a batch of 34 costs more per image than one of 64), so gradients are timed on the batch the
+attacks take: the probe's clean-correct images.
 
 Passes are counted from the attacks' parameters (:func:`count_attack`), per batch of ``n`` images
 of which ``m`` are attacked (``m = n x`` the probe's clean accuracy under the clean-correct scope,
@@ -223,6 +224,10 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
     clean_acc = float((preds[0] == y).float().mean())
     n_classes = int(defense(x[:1], defense.sample_noise(x[:1], g)).shape[1]) if b else 10
     keys = sorted({grad_key(a.params) for a in attacks}, key=str) or [("exact", None)]
+    # gradients are timed on the images the attacks will take (the clean-correct ones, or all with
+    # attack_all): on a CPU the per-image cost of a smaller batch is higher, and attacks run on it
+    att = torch.arange(b, device=device) if spec.attack_all else (preds[0] == y).nonzero().flatten()
+    xg, yg = (x[att], y[att]) if att.numel() else (x, y)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -233,12 +238,12 @@ def probe_costs(spec: Any, defense: Any, attack_defense: Any, attacks: list[Any]
         out: list[torch.Tensor] = []
 
         def grad(obj: Objective = obj, out: list[torch.Tensor] = out) -> None:
-            out.append(obj.loss_grad(x, y, lambda lg, yy: F.cross_entropy(lg.float(), yy, reduction="none"))[0])
+            out.append(obj.loss_grad(xg, yg, lambda lg, yy: F.cross_entropy(lg.float(), yy, reduction="none"))[0])
 
         if fwd_s * b < 1.0:  # warm-up: the first backward pass selects kernels and allocates its buffers
             grad()
             out.clear()
-        grad_s[key] = _timed(grad, device, clock=tick) / b
+        grad_s[key] = _timed(grad, device, clock=tick) / xg.shape[0]
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
         chunk = max((a.policy.draws_for(defense) for a in attacks), default=1)
@@ -348,7 +353,42 @@ def project(spec: Any, defense: Any, attacks: list[Any], n: int, probe: Probe, *
         pa = count_attack(atk.family.name, atk.params, robust=robust, **kw)
         per.append((atk.name, pa, seconds(pa, probe)))
         upper += seconds(count_attack(atk.family.name, atk.params, robust=1.0, **kw), probe)
+    if getattr(spec, "diagnostics", False):
+        diag = count_diagnostics(spec, defense, attacks, m=m, robust=robust, n_classes=probe.n_classes)
+        if diag is not None:
+            per.append((diag[0], diag[1], seconds(diag[1], probe)))
+            upper += seconds(count_diagnostics(spec, defense, attacks, m=m, robust=1.0, n_classes=probe.n_classes)[1], probe)
     return Projection(n, m, float(robust), src, per, clean, seconds(clean, probe), upper, setup_s, probe)
+
+
+def count_diagnostics(spec: Any, defense: Any, attacks: list[Any], *, m: float, robust: float,
+                      n_classes: int = 10) -> tuple[str, Passes] | None:
+    """Image-passes of the post-run attack-failure probes (benchmark.diagnostics) on the sampled
+    survivors: the reference PGD again, at twice its EOT (or steps), and at a very large eps, each
+    followed by its evaluation passes; then the pass-disagreement passes. On a PGD-200+EOT-20
+    protocol these cost as much as the attack itself."""
+    from . import diagnostics as dg
+
+    stochastic = bool(defense.stochastic)
+    ref = dg._reference_attack(spec, attacks, stochastic)
+    s = min(float(dg.SAMPLE_N), m * min(1.0, max(0.0, float(robust))))
+    k = int(spec.eval_repeats) if stochastic else 1
+    p = Passes()
+    if ref is not None and s > 0:
+        big = dg._doubled(ref, stochastic)
+        steps = int(ref.params["steps"])
+        huge = dg._with(ref, steps=max(steps, 10)) if spec.threat in dg.BIG_EPS else None
+        for atk in (ref, big, huge):
+            if atk is None:
+                continue
+            kw = dict(m=s, draws=atk.policy.draws_for(defense), deterministic=atk.policy.deterministic_for(defense),
+                      predict_passes=k, n_classes=n_classes)
+            p += count_attack(atk.family.name, atk.params, robust=1.0, **kw)  # survivors: the probes run in full
+        draws = 1 if not stochastic else max(ref.policy.eot, 4)
+        p.fwd += 2 * draws * s + 2 * s  # the loss before/after, input dependence
+    if stochastic:
+        p.fwd += max(dg.SPLIT_PASSES, int(spec.eval_repeats)) * (s if s > 0 else min(float(dg.SAMPLE_N), m))
+    return (f"diagnostics ({s:.0f} survivors)", p) if (p.fwd or p.grad) else None
 
 
 def _fmt_bytes(b: int | None) -> str:
@@ -401,7 +441,10 @@ def dry_run(spec: Any, defense: Any, evalset: Any, device: torch.device, *, robu
     """Prepare the run as :func:`benchmark.runner.run` does (layout, precision, attacks), probe, project."""
     from .runner import _apply_speed, _attack_precision, build_attacks
 
+    from .diagnostics import battery_probe
+
     attacks = build_attacks(spec, defense.stochastic)
+    attacks += battery_probe(spec, defense, evalset, device, attacks).extra  # what the run adds (shattered gradients)
     for atk in attacks:
         atk.policy.check(defense)
     _apply_speed(spec, defense, evalset, device)

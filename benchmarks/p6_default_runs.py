@@ -4,7 +4,7 @@ Each defense runs as a fresh process at the default CPU scale into a temporary f
 stored under runs/), and the script prints a table: defense, wall time (goal <= 300 s on 2 idle
 cores), images, attacks with their budgets, and what the scale cut beyond the generic cpu limits
 (the record's ``scale_limits``, see benchmark/scalecut.py). A defense for another dataset runs on
-its first dataset (``--dataset``); a defense whose weights are not on this machine (authors'
+its first dataset with images on the machine (``--dataset``); a defense whose weights are not on this machine (authors'
 checkpoints that need a download or ``--defense-opt weights=PATH``) says so instead of a time.
 ``--dry-run`` prints each default's projection (benchmark/cost.py) instead of running it.
 
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+OFFLINE = ("cifar10", "cifar100", "imagenette")  # embedded or packed in the repository
 sys.path.insert(0, str(ROOT))
 
 
@@ -28,7 +29,11 @@ def defenses() -> list[tuple[str, str]]:
     from benchmark.registry import DEFENSES, load_builtins
 
     load_builtins()
-    return [(e.name, (e.meta.get("datasets") or ("cifar10",))[0]) for e in DEFENSES]
+    def dataset(e) -> str:  # the first dataset whose images are on every machine (imagenet needs a folder)
+        ds = tuple(e.meta.get("datasets") or ("cifar10",))
+        return next((d for d in ds if d in OFFLINE), ds[0])
+
+    return [(e.name, dataset(e)) for e in DEFENSES]
 
 
 def budget(rec: dict) -> str:

@@ -216,3 +216,25 @@ def test_square_budget_cut_reaches_autoattack_and_square_and_is_shown():
     assert BATTERY.attacks(full, stochastic=False)[0].params["square_queries"] == 5000
     std = RunSpec(defense="standard", scale="cpu", attacks=["autoattack_standard"])  # no cut: AutoAttack's own
     assert BATTERY.attacks(std, stochastic=False)[0].params["square_queries"] == 5000
+
+
+def test_count_diagnostics_by_hand():
+    """The post-run probes on min(8, survivors) images, counted by hand for PGD-10 on a deterministic
+    defense: the run's PGD (10 steps), doubled (20) and at a large eps (10), each 8 images x steps
+    gradients and 3 x 8 forwards (final, clean candidate, prediction), plus 2 x 8 loss and 2 x 8
+    input-dependence forwards; a defense with no survivors costs nothing."""
+    from benchmark.battery import BATTERY
+    from benchmark.cost import count_diagnostics
+    from benchmark.registry import DEFENSES, load_builtins
+    from benchmark.runner import RunSpec
+
+    load_builtins()
+    spec = RunSpec(defense="standard", scale="cpu", attacks=["pgd"])
+    atks = BATTERY.attacks(spec, stochastic=False)
+    d = DEFENSES.create("standard", dataset="cifar10", device="cpu")
+    name, p = count_diagnostics(spec, d, atks, m=40.0, robust=0.5)
+    assert name == "diagnostics (8 survivors)"
+    assert p.grad_total == 8 * (10 + 20 + 10) and p.fwd == 3 * 3 * 8 + 2 * 8 + 2 * 8
+    _, p3 = count_diagnostics(spec, d, atks, m=6.0, robust=0.5)  # 3 survivors
+    assert p3.grad_total == 3 * 40
+    assert count_diagnostics(spec, d, atks, m=40.0, robust=0.0) is None
