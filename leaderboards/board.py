@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from attacks.core import NoisePolicy
 from attacks.family import LABELS
 from attacks.presets import board_column, policy_of
 from benchmark.errors import BenchError
