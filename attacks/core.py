@@ -36,6 +36,8 @@ from benchmark.errors import BenchError
 from benchmark.threats import THREATS, parse_fraction
 from defenses.base import Defense, Noise
 
+from .family import FAMILIES, get_family
+
 
 GRAD_MODES: tuple[str, ...] = ("exact", "bpda")
 LOSSES: tuple[str, ...] = ("ce", "cw")
@@ -192,15 +194,21 @@ def check_threat(threat: str, allowed: tuple[str, ...] = THREATS) -> str:
 L2_EPS_MAX = 64.0
 
 
-def validate_params(threat: str, params: Mapping[str, Any], allowed_threats: tuple[str, ...] = THREATS) -> None:
-    """Check the common attack parameters that are present in ``params`` (raises BenchError)."""
+def validate_params(threat: str, params: Mapping[str, Any], allowed_threats: tuple[str, ...] = THREATS,
+                    family: str | None = None) -> None:
+    """Check the attack parameters that are present in ``params`` (raises BenchError): the common
+    ones here, then the rules of the registered ``family`` (:mod:`attacks.family`; every registered
+    family's when None), with the family's eps bound where it states one."""
     check_threat(threat, allowed_threats)
     p = dict(params)
+    fams = [get_family(family)] if family is not None else list(FAMILIES.values())
     if "eps" in p:
         eps = p["eps"]
         # an L2 ball of radius > 1 is still inside the image box (a 32x32x3 image spans up to
         # sqrt(3072) ~ 55): the large-budget diagnostic (benchmark.diagnostics) attacks at 4.0
         top = L2_EPS_MAX if threat == "l2" else 1.0
+        if family is not None:
+            top = float(fams[0].eps_max.get(threat, top))
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps <= top) or math.isnan(eps):
             raise BenchError(f"eps must be in (0, {top:g}], got {eps!r}")
     for key in ("steps", "restarts", "eval_iter", "square_queries"):
@@ -208,10 +216,6 @@ def validate_params(threat: str, params: Mapping[str, Any], allowed_threats: tup
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise BenchError(f"{key} must be a positive integer, got {v!r}")
-    if p.get("surrogate_steps") is not None:
-        v = p["surrogate_steps"]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise BenchError(f"surrogate_steps must be a positive integer or None, got {v!r}")
     if p.get("eot_chunk") is not None:
         v = p["eot_chunk"]
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -232,8 +236,10 @@ def validate_params(threat: str, params: Mapping[str, Any], allowed_threats: tup
         raise BenchError(f"unknown grad_mode {p['grad_mode']!r}; known: {', '.join(GRAD_MODES)}")
     if "loss" in p and p["loss"] not in LOSSES:
         raise BenchError(f"unknown loss {p['loss']!r}; known: {', '.join(LOSSES)}")
-    if "version" in p and p["version"] not in ("standard", "rand"):
-        raise BenchError(f"unknown AutoAttack version {p['version']!r}; known: standard, rand")
+    for fam in fams:
+        for key, rule in fam.rules.items():
+            if key in p:
+                rule(key, p[key])
 
 
 # --------------------------------------------------------------------------------------

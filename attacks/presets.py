@@ -12,7 +12,6 @@ A ``step_size`` default of None means eps/4 (eps for one step); an ``eps`` defau
 """
 from __future__ import annotations
 
-import inspect
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -27,40 +26,64 @@ from defenses.base import Defense, Noise
 
 from .autoattack import autoattack
 from .core import NoisePolicy, check_threat, parse_number, validate_params
+from .family import FAMILIES, Column, Family, register_family
 from .cw import cw_l2
 from .pgd import default_step_size, pgd
 from .square import square
 from .stadv import stadv
 
-# Arguments every family takes from the call, not from the preset.
-_CALL_ARGS = frozenset({"defense", "x", "y", "threat", "generator", "eval_noise", "return_flow"})
+
+def policy_of(params: Mapping[str, Any]) -> NoisePolicy:
+    """The noise policy of a stored attack; fresh for a record whose policy text does not parse
+    (the board reads stored runs and shows them rather than failing on one odd record)."""
+    try:
+        return NoisePolicy.of(params)
+    except BenchError:
+        return NoisePolicy()
 
 
-@dataclass(frozen=True)
-class Family:
-    """An attack function and the threats it supports."""
-
-    name: str
-    fn: Callable[..., Tensor]
-    threats: tuple[str, ...]
-
-    def param_defaults(self) -> dict[str, Any]:
-        sig = inspect.signature(self.fn)
-        return {k: p.default for k, p in sig.parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in _CALL_ARGS}
-
-    def param_types(self) -> dict[str, Any]:
-        hints = typing.get_type_hints(self.fn)
-        return {k: hints.get(k, Any) for k in self.param_defaults()}
+def _variants(base: str) -> Callable[[Mapping[str, Any]], str]:
+    """The board column of a gradient attack: DW-box when the attacker knows fixed noise, CW for
+    the margin loss, FGSM for one step, else ``base`` (FGSM, CW-L-inf and DW-box are PGD presets,
+    but they answer different questions)."""
+    def column(p: Mapping[str, Any]) -> str:
+        if policy_of(p).fixes_any:
+            return "dwbox"
+        if p.get("loss") == "cw":
+            return "cw"
+        if p.get("steps") == 1:
+            return "fgsm"
+        return base
+    return column
 
 
-FAMILIES: dict[str, Family] = {
-    "pgd": Family("pgd", pgd, ("linf", "l2")),
-    "stadv": Family("stadv", stadv, ("stadv",)),
-    "autoattack": Family("autoattack", autoattack, ("linf", "l2")),
-    "cw": Family("cw", cw_l2, ("l2",)),
-    "square": Family("square", square, ("linf", "l2")),
-}
+def _positive_int_or_none(key: str, v: Any) -> None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+        raise BenchError(f"{key} must be a positive integer or None, got {v!r}")
+
+
+def _autoattack_version(key: str, v: Any) -> None:
+    if v not in ("standard", "rand"):
+        raise BenchError(f"unknown AutoAttack version {v!r}; known: standard, rand")
+
+
+def board_column(family: str | None, params: Mapping[str, Any]) -> str:
+    """The leaderboard column of a stored attack (``family`` as recorded; an unregistered one,
+    e.g. a plugin's, is classified like a gradient attack with ``other`` as its base)."""
+    fam = FAMILIES.get(family) if isinstance(family, str) else None
+    return fam.column(params) if fam is not None else _variants("other")(params)
+
+
+_CW = Column("cw", "CW", 40)
+register_family(Family("pgd", pgd, ("linf", "l2"),
+                       columns=(Column("pgd", "PGD", 20), Column("fgsm", "FGSM", 30), _CW,
+                                Column("dwbox", "DW-box", 60), Column("bpda", "BPDA+EOT", 70)),
+                       column_of=_variants("pgd"), rules={"surrogate_steps": _positive_int_or_none}))
+register_family(Family("stadv", stadv, ("stadv",), columns=(Column("stadv", "StAdv", 50),)))
+register_family(Family("autoattack", autoattack, ("linf", "l2"), columns=(Column("autoattack", "AutoAttack", 10),),
+                       rules={"version": _autoattack_version}))
+register_family(Family("cw", cw_l2, ("l2",), columns=(_CW,)))
+register_family(Family("square", square, ("linf", "l2"), column_of=_variants("other")))
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -173,7 +196,7 @@ def build_attack(name: str, family: str, *, threat: str | None, default_threat: 
         params[k] = _coerce(k, v, types.get(k, Any))
     if "noise_policy" in params:
         params["noise_policy"] = str(NoisePolicy.parse(params["noise_policy"]))
-    validate_params(threat, params, fam.threats)
+    validate_params(threat, params, fam.threats, family=fam.name)
     if family == "pgd" and params.get("step_size") is None:
         params["step_size"] = default_step_size(float(params["eps"]), int(params["steps"]))
     return Attack(name, fam, threat, params, source, summary)

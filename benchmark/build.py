@@ -4,11 +4,20 @@ Names are registry entries (``rn18_aa_example``, ``atop_gan``...) or ``robustben
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from defenses.base import Defense, ModuleDefense
+from defenses.zoo import make_robustbench_defense
+
+from .data import load_eval_set
 from .errors import BenchError
+from .options import check_options
+from .plugin_check import guard_module, guard_plugin
 from .registry import DEFENSES, load_builtins
 
 
@@ -41,11 +50,7 @@ def make_defense(
     options = dict(options or {})
     if ":" in name and not name.startswith("robustbench:"):
         return load_plugin(name, dataset=dataset, device=device, options=options, probe_images=probe_images)
-    from .options import check_options
-
     if name.startswith("robustbench:"):
-        from defenses.zoo import make_robustbench_defense
-
         options = check_options(f"defense {name!r}", make_robustbench_defense, options)
         return make_robustbench_defense(name.split(":", 1)[1], dataset=dataset, device=device,
                                         checkpoint=checkpoint, **options)
@@ -65,10 +70,6 @@ def make_defense(
 
 def _load_callable(target: str):
     """``pkg.mod:fn`` or ``path/to/file.py:fn`` -> the callable."""
-    import importlib
-    import importlib.util
-    from pathlib import Path
-
     where, _, attr = target.rpartition(":")
     if not where or not attr:
         raise BenchError(f"plugin must look like pkg.mod:fn or path/file.py:fn, got {target!r}")
@@ -101,8 +102,6 @@ PROBE_IMAGES = 4  # images of the run a plugin module is probed on
 def _probe_images(dataset: str, images: torch.Tensor | None) -> torch.Tensor:
     """The probe batch: the run's first images, or the dataset's first embedded ones."""
     if images is None:
-        from .data import load_eval_set
-
         images = load_eval_set(dataset, f"first:{PROBE_IMAGES}").images
     return images[:PROBE_IMAGES]
 
@@ -138,11 +137,6 @@ def _probe_stochastic(model: torch.nn.Module, device: torch.device | str, x: tor
 def load_plugin(target: str, *, dataset: str, device: torch.device | str, options: dict[str, Any],
                 probe_images: torch.Tensor | None = None):
     """A user's defense: a callable returning a Defense, or any nn.Module ([0,1] images -> logits)."""
-    from defenses.base import Defense, ModuleDefense
-
-    from .options import check_options
-    from .plugin_check import guard_module, guard_plugin
-
     fn = _load_callable(target)
     options = check_options(f"plugin {target!r}", fn, options)
     try:

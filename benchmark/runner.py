@@ -25,14 +25,21 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+import attacks as attacks_pkg
 from attacks.core import NoisePolicy
+from attacks.precision import PRECISIONS, choose_precision
 
 from .battery import BATTERY, SCALES, THREAT_DEFAULTS  # noqa: F401  (SCALES, THREAT_DEFAULTS re-exported)
+from .build import make_defense
 from .config import config_hash
+from .diagnostics import battery_probe, diagnose
 from .errors import BenchError
 from .provenance import git_commit, library_versions
 from .results import RunStore
-from .seeds import derive_seed, generator
+from .scalecut import scale_limits
+from .seeds import check_seed, derive_seed, generator
+from .speed import MEMORY_FORMATS, choose_memory_format, compile_classifier
+from .stats import clopper_pearson
 
 if TYPE_CHECKING:
     from .distributed import Comm
@@ -77,20 +84,14 @@ class RunSpec:
             raise ValueError(f"eval repeats must be positive, got {self.eval_repeats}")
         if self.batch_size <= 0:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
-        from .seeds import check_seed
-
         try:
             check_seed(self.seed, "seed")
         except BenchError as e:
             raise ValueError(str(e)) from None
         if self.scale not in SCALES:
             raise ValueError(f"unknown scale {self.scale!r}; choose from {', '.join(SCALES)}")
-        from attacks.precision import PRECISIONS
-
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
-        from .speed import MEMORY_FORMATS
-
         if self.memory_format not in MEMORY_FORMATS:
             raise ValueError(f"unknown memory format {self.memory_format!r}; choose from {', '.join(MEMORY_FORMATS)}")
 
@@ -187,8 +188,6 @@ def run(
     each rank computes the batches it owns, and rank 0 merges every rank's rows into the same
     samples and summary a single process writes (see ``benchmark.distributed``). A ``defense``
     passed in gets the run's memory format (and ``compile``) in place."""
-    from .build import make_defense
-
     validate_spec(spec)
     if evalset is None:
         evalset = load_spec_evalset(spec)
@@ -196,8 +195,6 @@ def run(
         defense = make_defense(spec.defense, dataset=spec.dataset, device=device, checkpoint=spec.checkpoint,
                                options=spec.defense_options, probe_images=evalset.images)
     attacks = build_attacks(spec, defense.stochastic)
-    from .diagnostics import battery_probe, diagnose
-
     probe = battery_probe(spec, defense, evalset, device, attacks)  # may extend the default battery (recorded)
     attacks += probe.extra
     for atk in attacks:
@@ -302,16 +299,12 @@ def run(
 
 
 def _scale_limits(spec: RunSpec) -> dict[str, Any]:
-    from .scalecut import scale_limits
-
     return scale_limits(spec)
 
 
 def _apply_speed(spec: RunSpec, defense: Any, evalset: Any, device: torch.device) -> "SpeedChoice":
     """Memory format (after its probe on the first batch) and optional compilation, applied to
     ``defense`` in place; the same decision on every rank and every resume (see :mod:`benchmark.speed`)."""
-    from .speed import choose_memory_format, compile_classifier
-
     hi = min(len(evalset), spec.batch_size)
     x = evalset.images[:hi].to(device)
     choice = choose_memory_format(defense, x, requested=spec.memory_format,
@@ -331,8 +324,6 @@ def _attack_precision(spec: RunSpec, defense: Any, attacks: list[Any], evalset: 
     and every resume computes the same probe) for the gradient modes the attacks use; see
     :mod:`attacks.precision`. Only attacks get the autocast view: clean and final predictions
     stay fp32."""
-    from attacks.precision import choose_precision
-
     if spec.precision == "fp32" or not attacks:
         return defense, None, 0.0
     t0 = time.perf_counter()
@@ -367,8 +358,7 @@ def _run_batch(spec: RunSpec, b: int, n: int, evalset: Any, defense: Any, attack
 
     ``attack_defense`` (default ``defense``) is what the attacks differentiate, e.g. the bf16
     autocast view; every reported prediction uses ``defense`` itself."""
-    from attacks import predict
-
+    predict = attacks_pkg.predict  # looked up per batch: the package's name (tests spy on it there)
     k = spec.eval_repeats
     lo, hi = b * spec.batch_size, min(n, (b + 1) * spec.batch_size)
     x = evalset.images[lo:hi].to(device)
@@ -422,8 +412,6 @@ def _majority(preds: list[int], label: int) -> bool:
 
 def summarize(rows: list[dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:
     """Accuracy per attack (majority vote and worst-of-k), worst case over attacks, intervals, gap."""
-    from .stats import clopper_pearson
-
     names = [a["attack"] for a in record["attacks"]]
     n = len(rows)
 

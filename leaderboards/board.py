@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from attacks.core import NoisePolicy
+from attacks.family import LABELS
+from attacks.presets import board_column, policy_of
 from benchmark.errors import BenchError
 from benchmark.stats import clopper_pearson
 from benchmark.threats import THREATS, eps_text  # noqa: F401  (eps_text re-exported)
@@ -23,8 +24,9 @@ from benchmark.threats import THREATS, eps_text  # noqa: F401  (eps_text re-expo
 from .published import load_published
 from .runs import StoredRun, find_runs
 
-FAMILY_LABELS = {"autoattack": "AutoAttack", "pgd": "PGD", "fgsm": "FGSM", "cw": "CW", "stadv": "StAdv",
-                 "dwbox": "DW-box", "bpda": "BPDA+EOT", "other": "other"}
+# Column key -> label of the attack families as the board groups them: their one home is the
+# family registration (attacks.family, read at each use, so a newly registered family shows).
+FAMILY_LABELS = LABELS
 FORMATS = ("md", "csv", "html", "json")
 
 # What the attacker differentiates: every board table holds one of these, never two (AToP Sec. 4.3
@@ -41,28 +43,11 @@ def eot_of(params: dict[str, Any]) -> int:
     return policy_of(params).eot
 
 
-def policy_of(params: dict[str, Any]) -> NoisePolicy:
-    """The noise policy of a stored attack; fresh for a record whose policy text does not parse
-    (the board reads stored runs and shows them rather than failing on one odd record)."""
-    try:
-        return NoisePolicy.of(params)
-    except BenchError:
-        return NoisePolicy()
-
-
 def attack_family(a: dict[str, Any]) -> str:
     """The leaderboard family of a recorded attack (finer than the registry's: FGSM, CW-L-inf and
-    DW-box are PGD variants there, but they answer different questions)."""
-    fam, p = a.get("family"), a.get("params", {})
-    if fam in ("autoattack", "stadv", "cw"):
-        return fam
-    if policy_of(p).fixes_any:
-        return "dwbox"
-    if p.get("loss") == "cw":
-        return "cw"
-    if p.get("steps") == 1:
-        return "fgsm"
-    return "pgd" if fam == "pgd" else "other"
+    DW-box are PGD variants there, but they answer different questions); the registered family
+    decides (:func:`attacks.presets.board_column`)."""
+    return board_column(a.get("family"), a.get("params", {}))
 
 
 def threat_model_of(a: dict[str, Any]) -> str:
@@ -577,7 +562,9 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 </html>
 """
 
-NUMERIC = {"clean", "worst case", "n", *FAMILY_LABELS.values()}
+def numeric_columns() -> set[str]:
+    """The board's numeric columns (click-sorted as numbers), the family columns included."""
+    return {"clean", "worst case", "n", *FAMILY_LABELS.values()}
 
 
 def render_html(tables: list[BoardTable], notes: list[str], title: str = "purifybench leaderboard") -> str:
@@ -585,6 +572,7 @@ def render_html(tables: list[BoardTable], notes: list[str], title: str = "purify
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    NUMERIC = numeric_columns()
     views = []
     for t in tables:
         cols, body = display_rows(t)

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from attacks import make_attack
+from benchmark.api import prepare_run
 from benchmark.build import make_defense, resolve_device
 from benchmark.data import load_eval_set
 from benchmark.errors import BenchError
 from benchmark.results import check_writable
-from benchmark.battery import BATTERY, THREAT_DEFAULTS
+from benchmark.battery import THREAT_DEFAULTS
 from benchmark.runner import RunSpec, default_run_dir, run, validate_spec
 from benchmark.seeds import generator
 from benchmark.threats import eps_text, parse_fraction
@@ -388,8 +389,10 @@ def sweep(
                                  data_root=data_root, checkpoint=checkpoint,
                                  attacks=list(attacks) if attacks else None))
     specs = [validate_spec(dataclasses.replace(base, **{vary: v})) for v in values]
-    evalset, _ = BATTERY.evalset(base)  # with no subset: the scale's first n, recorded in base.subset
-    defense_obj = make_defense(defense, dataset=dataset, device=dev, checkpoint=checkpoint)
+    # spec -> images -> defense as bench run does (with no subset: the scale's first n, recorded in
+    # base.subset); the writable check comes below, after the sweep's own refusals, so that a refused
+    # sweep leaves no folder behind
+    evalset, defense_obj = prepare_run(base, dev, Path(results) / "sweeps", check_out=False)
     if vary == "eot" and not defense_obj.stochastic:
         raise BenchError(f"defense {defense!r} is deterministic: EOT draws change nothing; sweep eps or steps")
     if not attacks:

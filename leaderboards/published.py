@@ -16,14 +16,16 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from attacks.family import LABELS
 from benchmark.errors import BenchError
 from benchmark.threats import THREATS, parse_eps  # noqa: F401  (re-exported: their home is benchmark.threats)
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 
 DATASETS = ("cifar10", "cifar100", "imagenette", "imagenet")
-# Attack families as the leaderboard groups them (see leaderboards.board.attack_family).
-FAMILIES = ("autoattack", "pgd", "fgsm", "cw", "stadv", "dwbox", "bpda", "other")
+# Attack families as the leaderboard groups them (leaderboards.board.attack_family): the columns of
+# the registered attack families (attacks.family), read at each use.
+FAMILIES = LABELS
 
 # Every row must carry these keys (after merging the file's defaults); `None` allowed where marked.
 REQUIRED: dict[str, bool] = {  # key -> may be null
