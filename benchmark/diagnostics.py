@@ -286,6 +286,24 @@ def _doubled(atk: Any, stochastic: bool) -> Any:
     return _with(atk, steps=2 * int(atk.params["steps"]))
 
 
+def _huge(ref: Any, threat: str) -> Any | None:
+    """The reference PGD at a very large budget (None for a threat without one)."""
+    if threat not in BIG_EPS:
+        return None
+    e = BIG_EPS[threat]
+    return _with(ref, eps=e, step_size=e / 4, steps=max(int(ref.params["steps"]), 10), random_init=True)
+
+
+def sample_probe_attacks(spec: Any, attacks: list[Any], stochastic: bool) -> list[Any]:
+    """The attacks the post-run probes run on the sampled survivors, in order: the run's PGD again,
+    at twice its EOT (or steps), at a very large eps ([] without a PGD for the threat). The cost
+    projection (benchmark.cost) counts the same list."""
+    ref = _reference_attack(spec, attacks, stochastic)
+    if ref is None:
+        return []
+    return [a for a in (ref, _doubled(ref, stochastic), _huge(ref, spec.threat)) if a is not None]
+
+
 def _loss(defense: Any, atk: Any, x: Tensor, y: Tensor, seed: int, draws: int) -> Tensor:
     """The attack's per-sample loss, averaged over ``draws`` noise draws (common draws for equal seeds)."""
     from attacks.core import make_loss
@@ -386,9 +404,9 @@ def _sample_probes(spec: Any, defense: Any, ref: Any, xs: Tensor, ys: Tensor, k:
         flags.append(flag("under-attacked", f"{info['double']['attack']} broke {int(b2.sum())}/{n} sampled survivors, "
                           f"{ref.name} rerun {int(b1.sum())}/{n}: more budget still lowers accuracy"))
     # 3. a very large budget must reach about 0% on images whose prediction depends on the input
-    if spec.threat in BIG_EPS:
+    huge = _huge(ref, spec.threat)
+    if huge is not None:
         e = BIG_EPS[spec.threat]
-        huge = _with(ref, eps=e, step_size=e / 4, steps=max(int(ref.params["steps"]), 10), random_init=True)
         bb = _broken(defense, huge, _run(defense, huge, xs, ys, "huge", spec, device), ys, k, "huge", spec, device)
         left = int((~bb & dep).sum())
         eps_txt = f"{round(e * 255)}/255" if spec.threat == "linf" else f"{e:g}"

@@ -8,9 +8,10 @@ further, e.g.::
     @register_defense("diffpure", ..., scale_cuts={"cpu": {"n": 16, "defense_options": {"steps": 5}}})
 
 Keys: ``n`` (images) and the generic limit keys of ``benchmark.battery.SCALES`` override the
-scale's own; ``square_queries`` caps Square's budget (alone and inside AutoAttack); ``defense_options`` are factory keywords (e.g. strided denoising steps). The cut is
-applied in one place (:func:`apply_scale_cut`, called where the run's images are chosen), only
-for what the user did not set (an explicit ``--defense-opt`` or ``--subset`` wins), and
+scale's own; ``square_queries`` caps Square's budget (alone and inside AutoAttack);
+``defense_options`` are factory keywords (e.g. strided denoising steps). The cut is applied
+in one place (:func:`apply_scale_cut`, called where the run's images are chosen), only for what
+the user did not set (an explicit ``--defense-opt`` or ``--subset`` wins), and
 :func:`scale_limits` is what the run record stores as ``scale_limits`` (so it is hashed) and what
 the table title (:func:`cut_text`) and the leaderboard show.
 """
