@@ -138,28 +138,48 @@ class Battery:
         return out
 
     # ------------------------------------------------------------------ the images
-    def evalset(self, spec: "RunSpec", *, cut_given_subset: bool = False) -> tuple[Any, str | None]:
-        """The images of a run and a note when the scale cut them.
+    def evalset(self, spec: "RunSpec", *, cut_given_subset: bool = False, n: int | None = None) -> tuple[Any, str | None]:
+        """The images of a run and a note when the scale (or ``n``) cut them.
 
         With no subset the scale's first n are taken and recorded in ``spec.subset`` (``first:n``).
         A given subset is kept whole unless ``cut_given_subset`` (``reproduce`` at a reduced
-        scale): then its first n are taken and the evaluation set's label says so (``...[:n]``)."""
+        scale): then its first n are taken and the evaluation set's label says so (``...[:n]``).
+        ``n`` (``reproduce --n``) replaces the scale's limit and always cuts a given subset; more
+        images than the subset has is an error. The first n of ``first:K`` are read as ``first:n``,
+        so a source smaller than K (the embedded 1,000) still serves them."""
         from .data import load_eval_set
+        from .data.subsets import parse_subset
 
         self.apply_cut(spec)  # the defense's declared cut at this scale (recorded in scale_limits)
-        evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
-        n_limit = self.limits(spec).get("n")
-        if not n_limit or len(evalset) <= n_limit:
-            return evalset, None
+        n_limit = n or self.limits(spec).get("n")
         if spec.subset is None:
+            evalset = load_eval_set(spec.dataset, None, source=spec.source, root=spec.data_root)
+            if not n_limit or len(evalset) <= n_limit:
+                return evalset, None
             spec.subset = f"first:{n_limit}"  # recorded: the table and record name the subset used
             return load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root), None
-        if not cut_given_subset:
+        if not n_limit or not (cut_given_subset or n):
+            return load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root), None
+        sub = parse_subset(spec.subset)
+        if sub.kind == "first" and sub.count is not None:
+            if n and n > sub.count:
+                raise BenchError(f"--n {n}: the protocol's subset {sub.spec} has only {sub.count} images")
+            evalset = load_eval_set(spec.dataset, f"first:{min(n_limit, sub.count)}", source=spec.source,
+                                    root=spec.data_root)
+            total, label = sub.count, sub.spec
+            evalset = dataclasses.replace(evalset, subset=label)
+        else:
+            evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
+            total, label = len(evalset), evalset.subset
+        if n and n > total:
+            raise BenchError(f"--n {n}: the protocol's subset {label} has only {total} images")
+        if len(evalset) <= n_limit and total <= n_limit:
             return evalset, None
-        note = (f"scale {spec.scale}: evaluating the first {n_limit} of the protocol's {len(evalset)} images "
-                f"({evalset.subset}); the published setting is scale full")
+        why = f"--n {n}" if n else f"scale {spec.scale}"
+        note = (f"{why}: evaluating the first {n_limit} of the protocol's {total} images ({label})"
+                + ("" if n else "; the published setting is scale full"))
         cut = dataclasses.replace(evalset, images=evalset.images[:n_limit], labels=evalset.labels[:n_limit],
-                                  ids=evalset.ids[:n_limit], subset=f"{evalset.subset}[:{n_limit}]")
+                                  ids=evalset.ids[:n_limit], subset=f"{label}[:{n_limit}]")
         return cut, note
 
 

@@ -343,7 +343,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     scale = args.scale or default_scale(args.device)
     rep = reproduce(args.protocol, scale=scale, defenses=defenses, device=args.device, results=args.results,
-                    batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
+                    batch_size=args.batch_size, seed=args.seed, data_root=args.data_root, n=args.n,
+                    attacks=_names(args.attacks, "--attacks"), diagnostics=not args.no_diagnostics,
                     on_note=None if args.quiet else (lambda m: con.print(m, markup=False)))
     for t in report_tables(rep):
         con.print(t)
@@ -535,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("protocol", help="configs/protocols/NAME.yaml name, or a path to a protocol YAML")
     rp.add_argument("--scale", default=None, help="full | cpu | smoke (default: cpu on a CPU, full on a GPU)")
     rp.add_argument("--defenses", default=None, help="comma-separated subset of the protocol's defenses")
+    rp.add_argument("--attacks", default=None, help="comma-separated subset of the protocol's attacks "
+                    "(claims on the others: not evaluated)")
+    rp.add_argument("--n", type=_positive_int("--n"), default=None,
+                    help="the first N images of the protocol's subset (instead of the scale's image limit)")
+    rp.add_argument("--no-diagnostics", action="store_true", help="skip the post-run attack-failure probes")
     rp.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     rp.add_argument("--results", default="runs", help="run directories go to RESULTS/reproduce/PROTOCOL/")
     rp.add_argument("--data-root", default=None, help="folder for canonical datasets")

@@ -31,6 +31,11 @@ class Protocol:
     attack_overrides: dict[str, Any] = field(default_factory=dict)
     eval_repeats: int = 1
     defenses: list[str] = field(default_factory=list)
+    # factory keywords a paper fixed for a defense, e.g. ADDT's evaluation {addt: {variance: fixed_large}}
+    defense_options: dict[str, Any] = field(default_factory=dict)
+    # further single-threat runs of every defense, e.g. {stadv: {attacks: [stadv]}}: each is its own run
+    # (its own record, board table and worst case), named DEFENSE@THREAT in the claims
+    extra_threats: dict[str, Any] = field(default_factory=dict)
     claims: list[dict] = field(default_factory=list)
     notes: str = ""
 
@@ -42,6 +47,26 @@ class Protocol:
         for k, v in self.attack_overrides.items():
             if not isinstance(v, dict):
                 raise ValueError(f"attack_overrides.{k} must be a mapping")
+        for k, v in self.defense_options.items():
+            if not isinstance(v, dict):
+                raise ValueError(f"defense_options.{k} must be a mapping of factory keywords")
+        for k, v in self.extra_threats.items():
+            if k == self.threat:
+                raise ValueError(f"extra_threats.{k} is the protocol's own threat")
+            if not isinstance(v, dict) or set(v) - {"attacks", "eps"} or not v.get("attacks"):
+                raise ValueError(f"extra_threats.{k} must be a mapping with 'attacks' (a list) and optionally 'eps'")
+            if not isinstance(v["attacks"], list) or not all(isinstance(a, str) for a in v["attacks"]):
+                raise ValueError(f"extra_threats.{k}.attacks must be a list of attack names")
+            clash = sorted(set(v["attacks"]) & set(self.attacks))
+            if clash:
+                raise ValueError(f"extra_threats.{k}: attack name(s) {', '.join(clash)} also in the protocol's "
+                                 "attacks; give each threat's attacks their own names")
+            if v.get("eps") is not None and not 0 < float(v["eps"]) <= 1:
+                raise ValueError(f"extra_threats.{k}.eps must be in (0, 1], got {v['eps']}")
+
+    def runs(self) -> list[tuple[str | None, str]]:
+        """(extra threat or None for the protocol's own, the suffix of its outcome name)."""
+        return [(None, "")] + [(t, f"@{t}") for t in self.extra_threats]
 
 
 def protocol_names() -> list[str]:
@@ -59,15 +84,30 @@ def load_protocol(name: str) -> Protocol:
     return load_config(path, Protocol)
 
 
-def apply_protocol(spec: Any, name: str, explicit: set[str] = frozenset()) -> Any:
-    """The RunSpec with the protocol's settings, except for fields the user set explicitly."""
+def apply_protocol(spec: Any, name: str, explicit: set[str] = frozenset(), threat: str | None = None) -> Any:
+    """The RunSpec with the protocol's settings, except for fields the user set explicitly.
+
+    ``threat``: one of the protocol's ``extra_threats`` (its attacks and eps instead of the
+    protocol's own). The protocol's ``defense_options`` for ``spec.defense`` go under the user's."""
     p = load_protocol(name)
+    threat_name, attacks, eps = p.threat, list(p.attacks), p.eps
+    if threat is not None:
+        if threat not in p.extra_threats:
+            raise BenchError(f"protocol {p.name} has no extra threat {threat!r}; it has "
+                             f"{', '.join(p.extra_threats) or 'none'}")
+        extra = p.extra_threats[threat]
+        threat_name, attacks, eps = threat, list(extra["attacks"]), extra.get("eps")
     upd: dict[str, Any] = {"protocol": p.name}
-    for key, value in (("dataset", p.dataset), ("threat", p.threat), ("eps", p.eps), ("subset", p.subset),
-                       ("attacks", list(p.attacks)), ("eval_repeats", p.eval_repeats)):
+    for key, value in (("dataset", p.dataset), ("threat", threat_name), ("eps", eps), ("subset", p.subset),
+                       ("attacks", attacks), ("eval_repeats", p.eval_repeats)):
         if key not in explicit and value is not None:
             upd[key] = value
+    if threat is not None and "eps" not in explicit and eps is None:
+        upd["eps"] = None  # the extra threat's own default eps, not the protocol's
     if p.source and spec.source is None:
         upd["source"] = p.source
     upd["attack_overrides"] = {**p.attack_overrides, **spec.attack_overrides}
+    opts = p.defense_options.get(spec.defense) or {}
+    if opts:
+        upd["defense_options"] = {**opts, **spec.defense_options}
     return replace(spec, **upd)

@@ -122,7 +122,8 @@ class Report:
 
 def parse_claims(protocol: Any) -> list[Claim]:
     """The protocol's claims, checked; BenchError names the claim and the problem."""
-    metrics = {"clean", "worst_case", *WORST_BY_MODE, *protocol.attacks}
+    extra = [a for v in (protocol.extra_threats or {}).values() for a in v.get("attacks", [])]
+    metrics = {"clean", "worst_case", *WORST_BY_MODE, *protocol.attacks, *extra}
     out = []
     for i, raw in enumerate(protocol.claims or []):
         where = f"protocol {protocol.name} claim {i + 1}"
@@ -219,8 +220,13 @@ def comparison(protocol: Any, outcomes: list[Outcome], published: pd.DataFrame) 
     pub = published[published["protocol"] == protocol.name] if len(published) else published
     rows = []
     for o in outcomes:
-        mine = pub[pub["ours"] == o.defense] if len(pub) else pub
-        for metric in ("clean", *protocol.attacks, "worst_case", *WORST_BY_MODE):
+        base, _, threat = o.defense.partition("@")  # DEFENSE@THREAT: an extra threat's run of DEFENSE
+        mine = pub[pub["ours"] == base] if len(pub) else pub
+        if len(mine) and "threat" in mine:
+            mine = mine[mine["threat"] == (threat or protocol.threat)]  # a run shows its own threat's rows
+        own = (protocol.extra_threats[threat]["attacks"] if threat in (protocol.extra_threats or {})
+               else protocol.attacks)
+        for metric in ("clean", *own, "worst_case", *WORST_BY_MODE):
             if metric == "clean":
                 vals = [v for v in mine["clean"].dropna()] if len(mine) else []
                 p_val, p_cite = (float(vals[0]), mine[mine["clean"].notna()].iloc[0]["citation"]) if vals else (None, "")
@@ -262,11 +268,19 @@ def reproduce(
     batch_size: int = 64,
     seed: int = 0,
     data_root: str | None = None,
+    n: int | None = None,
+    attacks: list[str] | None = None,
+    diagnostics: bool = True,
     published: pd.DataFrame | None = None,
     on_note: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
+    """Run the protocol's defenses (and each extra threat's run, named ``DEFENSE@THREAT``) and judge its claims.
 
+    ``n``: the first n images of the protocol's subset, instead of the scale's image limit (the
+    claims table runs n = 512 at the cpu scale's attack budgets). ``attacks``: only these of the
+    protocol's attacks (a claim on another one is "not evaluated"). ``diagnostics``: the post-run
+    attack-failure probes (they can cost as much as the attack)."""
     note = on_note or (lambda s: None)
     p = load_protocol(protocol_name)
     claims = parse_claims(p)
@@ -283,44 +297,64 @@ def reproduce(
                                  f"{', '.join(p.defenses) or 'none'} (any registered defense or plugin may be added)")
     if scale not in SCALES:
         raise BenchError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+        raise BenchError(f"--n must be a positive number of images, got {n!r}")
+    runs = p.runs()
+    if attacks is not None:
+        known = [a for t, _ in runs for a in (p.attacks if t is None else p.extra_threats[t]["attacks"])]
+        bad = [a for a in attacks if a not in known]
+        if bad:
+            raise BenchError(f"--attacks: {bad[0]!r} is not an attack of protocol {p.name}; it has {', '.join(known)}")
     dev = resolve_device(device)
     notes: list[str] = []
     out_root = check_writable(Path(results) / "reproduce" / p.name)
     outcomes: list[Outcome] = []
     evalsets: dict[tuple, Any] = {}
     for name in names:
-        spec = apply_protocol(RunSpec(defense=name, scale=scale, batch_size=batch_size, seed=seed,
-                                      data_root=data_root), protocol_name)
-        validate_spec(spec)
-        BATTERY.apply_cut(spec)  # a defense's own cut at this scale (benchmark.scalecut), recorded
-        key = (spec.dataset, spec.subset, spec.source, spec.data_root, BATTERY.limits(spec).get("n"))
-        if key not in evalsets:
-            ev, msg = BATTERY.evalset(spec, cut_given_subset=True)  # the image limit: the battery's one rule
-            if msg:
-                notes.append(msg)
-                note(msg)
-            evalsets[key] = ev
-        evalset = evalsets[key]
-        try:
-            defense = make_defense(name, dataset=spec.dataset, device=dev, checkpoint=spec.checkpoint,
-                                   options=spec.defense_options)
-        except BenchError as e:
-            outcomes.append(Outcome(name, skipped=str(e)))
-            notes.append(f"skipped {name}: {e}")
-            note(f"skipped {name}: {e}")
-            continue
-        safe = name.replace(":", "_").replace("/", "_").replace(".py", "")
-        out = out_root / f"{safe}-{spec.dataset}-{spec.threat}-{scale}-{spec_hash(spec)[:8]}"
-        note(f"running {name} ({len(evalset)} images, attacks {', '.join(spec.attacks or [])}) -> {out}")
-        res = run(spec, out=out, device=dev, defense=defense, evalset=evalset, on_progress=on_progress)
-        outcomes.append(Outcome(name, dir=res.dir, summary=res.summary, record=res.record,
-                                rows=RunStore(res.dir).read_samples()))
+        for threat, suffix in runs:
+            spec = apply_protocol(RunSpec(defense=name, scale=scale, batch_size=batch_size, seed=seed,
+                                          data_root=data_root, diagnostics=diagnostics), protocol_name, threat=threat)
+            if attacks is not None:
+                spec.attacks = [a for a in spec.attacks or [] if a in attacks]
+                if not spec.attacks:
+                    continue  # none of this threat's attacks asked for
+            validate_spec(spec)
+            BATTERY.apply_cut(spec)  # a defense's own cut at this scale (benchmark.scalecut), recorded
+            key = (spec.dataset, spec.subset, spec.source, spec.data_root, n or BATTERY.limits(spec).get("n"))
+            if key not in evalsets:
+                evalsets[key] = _evalset(spec, n, notes, note)
+            evalset = evalsets[key]
+            label = name + suffix
+            try:
+                defense = make_defense(name, dataset=spec.dataset, device=dev, checkpoint=spec.checkpoint,
+                                       options=spec.defense_options)
+            except BenchError as e:
+                outcomes.append(Outcome(label, skipped=str(e)))
+                notes.append(f"skipped {label}: {e}")
+                note(f"skipped {label}: {e}")
+                continue
+            safe = name.replace(":", "_").replace("/", "_").replace(".py", "")
+            tail = f"-n{len(evalset)}" if n is not None else ""  # the image count is not in the spec hash
+            out = out_root / f"{safe}-{spec.dataset}-{spec.threat}-{scale}-{spec_hash(spec)[:8]}{tail}"
+            note(f"running {label} ({len(evalset)} images, attacks {', '.join(spec.attacks or [])}) -> {out}")
+            res = run(spec, out=out, device=dev, defense=defense, evalset=evalset, on_progress=on_progress)
+            outcomes.append(Outcome(label, dir=res.dir, summary=res.summary, record=res.record,
+                                    rows=RunStore(res.dir).read_samples()))
     pub = load_published() if published is None else published
     by_name = {o.defense: o for o in outcomes}
     verdicts = [judge(c, by_name, scale) for c in claims]
     if not claims:
         notes.append(f"protocol {p.name} states no claims")
     return Report(p, scale, outcomes, comparison(p, outcomes, pub), verdicts, notes)
+
+
+def _evalset(spec: RunSpec, n: int | None, notes: list[str], note: Callable[[str], None]) -> Any:
+    """The run's images: the battery's scale limit, or the first ``n`` of the protocol's subset."""
+    ev, msg = BATTERY.evalset(spec, cut_given_subset=True, n=n)  # the image limit: the battery's one rule
+    if msg:
+        notes.append(msg)
+        note(msg)
+    return ev
 
 
 def _f(v: Any, fmt: str = ".1f") -> str:

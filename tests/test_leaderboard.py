@@ -674,3 +674,70 @@ def test_board_names_runs_with_defense_options(tmp_path):
     (tab,) = board_frames(tmp_path)[0].values()
     ours = set(tab.frame[tab.frame["source"] == "ours"]["defense"])
     assert ours == {"diffpure[steps=10]", "diffpure[steps=100]"}
+
+
+def test_reproduce_extra_threat_runs_apart_and_n_and_attacks_cut(tmp_path):
+    """An extra threat (StAdv) runs as its own run named DEFENSE@stadv, with its own eps and
+    worst case (never mixed with the l-inf attacks); a claim compares the two on the same images.
+    ``n`` reads the first n of ``first:2000`` (more than the embedded 1,000) as ``first:n``;
+    ``attacks`` keeps only the named attacks, so a claim on another one is not evaluated."""
+    proto = tmp_path / "x.yaml"
+    proto.write_text(f"""name: xproto
+citation: "a test protocol"
+dataset: cifar10
+threat: linf
+subset: first:2000
+attacks: [fgsm, pgd]
+extra_threats:
+  stadv: {{attacks: [stadv]}}
+defenses: ["{PLUG}:tiny"]
+claims:
+  - {{claim: "stadv at most clean", left: "{PLUG}:tiny@stadv", right: "{PLUG}:tiny", left_attack: stadv, right_attack: clean, relation: "<="}}
+  - {{claim: "fgsm was not run", left: "{PLUG}:tiny", right: "{PLUG}:tiny", left_attack: fgsm, right_attack: clean, relation: "<="}}
+""")
+    rep = reproduce(str(proto), scale="smoke", results=tmp_path / "res", n=12, attacks=["pgd", "stadv"],
+                    diagnostics=False, published=load_published(paths=[]))
+    by = {o.defense: o for o in rep.outcomes}
+    assert sorted(by) == [f"{PLUG}:tiny", f"{PLUG}:tiny@stadv"]
+    lin, st = by[f"{PLUG}:tiny"].record, by[f"{PLUG}:tiny@stadv"].record
+    assert lin["threat"] == "linf" and st["threat"] == "stadv"
+    assert [a["attack"] for a in lin["attacks"]] == ["pgd"] and [a["attack"] for a in st["attacks"]] == ["stadv"]
+    assert st["attacks"][0]["params"]["eps"] == pytest.approx(0.05)  # StAdv's own bound, not the l-inf eps
+    assert lin["n"] == st["n"] == 12 and lin["subset"] == "first:2000[:12]"
+    assert lin["ids"] == st["ids"] and len(lin["ids"]) == 12
+    v_st, v_fgsm = rep.verdicts
+    assert v_st.test == "exact McNemar" and v_st.paired == 12
+    assert v_fgsm.verdict == "not evaluated" and "no fgsm result" in v_fgsm.detail
+    with pytest.raises(BenchError, match="only 2000 images"):
+        reproduce(str(proto), scale="smoke", results=tmp_path / "r2", n=2001)
+    with pytest.raises(BenchError, match="not an attack of protocol xproto"):
+        reproduce(str(proto), scale="smoke", results=tmp_path / "r2", attacks=["cw100"])
+
+
+def test_protocol_defense_options_pin_addt_eval_settings_under_the_users():
+    """ADDT's evaluation (t = 100 with diffusers' fixed_large variance) is pinned per defense in
+    the ADDT protocols; an option the user sets wins; other defenses get none."""
+    from benchmark.protocols import apply_protocol
+    from benchmark.runner import RunSpec
+
+    for name in ("addt_dwbox", "addt_pgd20_eot10", "addt_pgd200_eot20"):
+        for d in ("addt", "diffpure"):
+            spec = apply_protocol(RunSpec(defense=d), name)
+            assert spec.defense_options == {"t_star": 0.101, "variance": "fixed_large"}, (name, d)
+    spec = apply_protocol(RunSpec(defense="addt", defense_options={"t_star": 0.2}), "addt_dwbox")
+    assert spec.defense_options == {"t_star": 0.2, "variance": "fixed_large"}
+    assert apply_protocol(RunSpec(defense="atop_gan"), "addt_dwbox").defense_options == {}
+    assert apply_protocol(RunSpec(defense="addt"), "lee_kim_pgd200_eot20").defense_options == {}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("extra_threats: {linf: {attacks: [pgd]}}", "the protocol's own threat"),
+    ("extra_threats: {stadv: {attacks: [pgd]}}", "also in the protocol's attacks"),
+    ("extra_threats: {stadv: {steps: 3}}", "must be a mapping with 'attacks'"),
+    ("defense_options: {addt: 3}", "must be a mapping of factory keywords"),
+])
+def test_protocol_rejects_bad_extra_threats_and_options(tmp_path, bad, match):
+    f = tmp_path / "p.yaml"
+    f.write_text(TINY.replace("{missing}", f"{PLUG}:tiny") + bad + "\n")
+    with pytest.raises(BenchError, match=match):
+        reproduce(str(f), scale="smoke", results=tmp_path / "r")
