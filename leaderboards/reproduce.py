@@ -168,6 +168,22 @@ def _metric(summary: dict[str, Any], name: str, record: dict[str, Any] | None = 
     return summary.get("attacks", {}).get(name)
 
 
+def _same_attack(left: Outcome, la: str, right: Outcome, ra: str) -> str:
+    """The shared parameters when two differently named attacks of one defense ran identically
+    (a scale's caps can make PGD-200+EOT-20 and PGD-20+EOT-10 both PGD-10+EOT-4), else ""."""
+    if la == ra or left.defense.partition("@")[0] != right.defense.partition("@")[0]:
+        return ""
+    def params(o: Outcome, a: str) -> dict | None:
+        for r in (o.record or {}).get("attacks", []):
+            if r.get("attack") == a:
+                return {k: v for k, v in (r.get("params") or {}).items()}
+        return None
+    lp, rp = params(left, la), params(right, ra)
+    if lp is None or rp is None or lp != rp:
+        return ""
+    return ", ".join(f"{k}={lp[k]}" for k in ("steps", "noise_policy") if k in lp) or "all"
+
+
 def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str) -> Verdict:
     """The claim's verdict: the exact McNemar test on the images both sides share when their
     per-image rows are available, else the two 95% intervals; the interval view is always in
@@ -183,6 +199,11 @@ def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str) -> Verdict:
         if m is None:
             return Verdict(claim, "not evaluated", f"{name} has no {attack} result")
         sides.append((name, attack, 100 * m["accuracy"], 100 * m["ci95"][0], 100 * m["ci95"][1]))
+    same = _same_attack(outcomes[claim.left], claim.left_attack, outcomes[claim.right], claim.right_attack)
+    if same:
+        return Verdict(claim, "not evaluated", f"{claim.left_attack} and {claim.right_attack} ran with the same "
+                       f"parameters ({same}) at scale {scale}: the claim compares two budgets, run it at a "
+                       "scale that keeps them apart")
     (ln, la, lv, llo, lhi), (rn, ra, rv, rlo, rhi) = sides
     overlap = llo <= rhi and rlo <= lhi
     detail = (f"{ln} {la} {lv:.1f} [{llo:.1f}, {lhi:.1f}] {claim.relation} "

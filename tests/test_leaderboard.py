@@ -741,3 +741,28 @@ def test_protocol_rejects_bad_extra_threats_and_options(tmp_path, bad, match):
     f.write_text(TINY.replace("{missing}", f"{PLUG}:tiny") + bad + "\n")
     with pytest.raises(BenchError, match=match):
         reproduce(str(f), scale="smoke", results=tmp_path / "r")
+
+
+def test_claim_on_two_budgets_a_scale_made_identical_is_not_evaluated(tmp_path):
+    """At scale smoke PGD-20 and PGD-50 are both capped to 2 steps: comparing them would judge an
+    attack against a copy of itself, so the claim is not evaluated; PGD-1 stays apart and is judged."""
+    proto = tmp_path / "b.yaml"
+    proto.write_text(f"""name: budgets
+citation: "a test protocol"
+dataset: cifar10
+threat: linf
+subset: first:8
+attacks: [pgd1, pgd, pgd50]
+attack_overrides:
+  pgd1: {{preset: pgd, steps: 1}}
+  pgd50: {{preset: pgd, steps: 50}}
+defenses: ["{PLUG}:tiny"]
+claims:
+  - {{claim: "more steps lower accuracy", left: "{PLUG}:tiny", right: "{PLUG}:tiny", left_attack: pgd50, right_attack: pgd, relation: "<"}}
+  - {{claim: "two steps beat one", left: "{PLUG}:tiny", right: "{PLUG}:tiny", left_attack: pgd, right_attack: pgd1, relation: "<="}}
+""")
+    rep = reproduce(str(proto), scale="smoke", results=tmp_path / "res", diagnostics=False,
+                    published=load_published(paths=[]))
+    capped, apart = rep.verdicts
+    assert capped.verdict == "not evaluated" and "same parameters (steps=2" in capped.detail
+    assert apart.test == "exact McNemar" and apart.paired == 8
