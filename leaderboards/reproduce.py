@@ -184,10 +184,14 @@ def _same_attack(left: Outcome, la: str, right: Outcome, ra: str) -> str:
     return ", ".join(f"{k}={lp[k]}" for k in ("steps", "noise_policy") if k in lp) or "all"
 
 
-def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str) -> Verdict:
+def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str, attacks_cut: bool = False) -> Verdict:
     """The claim's verdict: the exact McNemar test on the images both sides share when their
     per-image rows are available, else the two 95% intervals; the interval view is always in
-    the detail, and ``test`` names what decided."""
+    the detail, and ``test`` names what decided. ``attacks_cut``: only some of the protocol's
+    attacks ran (``--attacks``), so a worst case is not the protocol's and is not judged."""
+    for a in (claim.left_attack, claim.right_attack):
+        if attacks_cut and a.startswith("worst_case"):
+            return Verdict(claim, "not evaluated", f"{a} needs every attack of the protocol; --attacks ran a subset")
     sides = []
     for name, attack in ((claim.left, claim.left_attack), (claim.right, claim.right_attack)):
         o = outcomes.get(name)
@@ -363,7 +367,7 @@ def reproduce(
                                     rows=RunStore(res.dir).read_samples()))
     pub = load_published() if published is None else published
     by_name = {o.defense: o for o in outcomes}
-    verdicts = [judge(c, by_name, scale) for c in claims]
+    verdicts = [judge(c, by_name, scale, attacks_cut=attacks is not None) for c in claims]
     if not claims:
         notes.append(f"protocol {p.name} states no claims")
     return Report(p, scale, outcomes, comparison(p, outcomes, pub), verdicts, notes)

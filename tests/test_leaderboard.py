@@ -708,6 +708,9 @@ claims:
     v_st, v_fgsm = rep.verdicts
     assert v_st.test == "exact McNemar" and v_st.paired == 12
     assert v_fgsm.verdict == "not evaluated" and "no fgsm result" in v_fgsm.detail
+    worst = judge(Claim("w", f"{PLUG}:tiny", f"{PLUG}:tiny", "worst_case", "clean", "<="), by, "smoke", attacks_cut=True)
+    assert worst.verdict == "not evaluated" and "ran a subset" in worst.detail
+    assert judge(Claim("w", f"{PLUG}:tiny", f"{PLUG}:tiny", "worst_case", "clean", "<="), by, "smoke").test == "exact McNemar"
     with pytest.raises(BenchError, match="only 2000 images"):
         reproduce(str(proto), scale="smoke", results=tmp_path / "r2", n=2001)
     with pytest.raises(BenchError, match="not an attack of protocol xproto"):
