@@ -344,11 +344,12 @@ def build(
 def make_diffpure(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
                  steps: int | None = None, sampler: str | None = None, weights: str | None = None,
                  checkpoint: str | None = None, classifier: str | None = None, clip_denoised: bool | None = None,
-                 grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
+                 grad_checkpoint: bool | None = None, variance: str | None = None, **unknown: Any) -> Defense:
     """DiffPure with our CIFAR-10 DDPM and DDPM (or, with sampler=ddim, DDIM) reverse steps."""
     return build("diffpure", dataset=dataset, device=device, default_weights=DDPM_WEIGHTS,
                  default_sampler="ddpm", fixed_sampler=False, **_given(unknown, t_star=t_star, steps=steps, sampler=sampler, weights=weights, checkpoint=checkpoint,
-                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
+                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint,
+                          variance=variance))
 
 
 @register_defense("diffpure_ddim", datasets=("cifar10",), stochastic=True, scale_cuts=SCALE_CUTS,
@@ -356,11 +357,12 @@ def make_diffpure(*, dataset: str = "cifar10", device: str | torch.device = "cpu
 def make_diffpure_ddim(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
                  steps: int | None = None, sampler: str | None = None, weights: str | None = None,
                  checkpoint: str | None = None, classifier: str | None = None, clip_denoised: bool | None = None,
-                 grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
+                 grad_checkpoint: bool | None = None, variance: str | None = None, **unknown: Any) -> Defense:
     """DiffPure with DDIM reverse steps: the only randomness is the forward noise."""
     return build("diffpure_ddim", dataset=dataset, device=device, default_weights=DDPM_WEIGHTS,
                  default_sampler="ddim", fixed_sampler=True, **_given(unknown, t_star=t_star, steps=steps, sampler=sampler, weights=weights, checkpoint=checkpoint,
-                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
+                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint,
+                          variance=variance))
 
 
 @register_defense("addt", datasets=("cifar10",), stochastic=True, scale_cuts=SCALE_CUTS,
@@ -368,8 +370,9 @@ def make_diffpure_ddim(*, dataset: str = "cifar10", device: str | torch.device =
 def make_addt(*, dataset: str = "cifar10", device: str | torch.device = "cpu", t_star: float | None = None,
                  steps: int | None = None, sampler: str | None = None, weights: str | None = None,
                  checkpoint: str | None = None, classifier: str | None = None, clip_denoised: bool | None = None,
-                 grad_checkpoint: bool | None = None, **unknown: Any) -> Defense:
+                 grad_checkpoint: bool | None = None, variance: str | None = None, **unknown: Any) -> Defense:
     """DiffPure purification with the ADDT-fine-tuned UNet (DDPM reverse unless sampler=ddim)."""
     return build("addt", dataset=dataset, device=device, default_weights=ADDT_WEIGHTS,
                  default_sampler="ddpm", fixed_sampler=False, **_given(unknown, t_star=t_star, steps=steps, sampler=sampler, weights=weights, checkpoint=checkpoint,
-                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint))
+                          classifier=classifier, clip_denoised=clip_denoised, grad_checkpoint=grad_checkpoint,
+                          variance=variance))

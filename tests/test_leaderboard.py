@@ -769,3 +769,16 @@ claims:
     capped, apart = rep.verdicts
     assert capped.verdict == "not evaluated" and "same parameters (steps=2" in capped.detail
     assert apart.test == "exact McNemar" and apart.paired == 8
+
+
+def test_addt_protocol_options_build_the_defenses():
+    """The options the ADDT protocols pin are accepted by the registered factories (a protocol
+    naming an option the factory refuses would skip the defense in every reproduce run)."""
+    from benchmark.build import make_defense
+    from benchmark.protocols import apply_protocol
+    from benchmark.runner import RunSpec
+
+    for d in ("diffpure", "addt"):
+        spec = apply_protocol(RunSpec(defense=d), "addt_dwbox")
+        defense = make_defense(d, dataset="cifar10", device="cpu", options={**spec.defense_options, "steps": 1})
+        assert defense.info["variance"] == "fixed_large" and defense.info["noise_levels"] == 101
