@@ -92,7 +92,7 @@ def test_files_that_are_not_utf8_are_one_error_line(tmp_path):
 def test_defense_options_are_typed_from_the_factory_signature(tmp_path):
     """`--defense-opt t_star=abc` was a ValueError from inside the factory."""
     opts = ("options: checkpoint:str, classifier:str, clip_denoised:bool, grad_checkpoint:bool, sampler:str, "
-            "steps:int, t_star:float, weights:str")
+            "steps:int, t_star:float, variance:str, weights:str")
     for cmd in (["run", "--defense", "diffpure", "--scale", "smoke", "--subset", "first:4", "--out", tmp_path / "r"],
                 ["plot", "grid", "--defense", "diffpure", "--out", tmp_path / "g.png"]):
         assert one_error(bench([*cmd, "--defense-opt", "t_star=abc"])) == \
