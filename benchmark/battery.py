@@ -161,18 +161,19 @@ class Battery:
         if not n_limit or not (cut_given_subset or n):
             return load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root), None
         sub = parse_subset(spec.subset)
-        if sub.kind == "first" and sub.count is not None:
-            if n and n > sub.count:
-                raise BenchError(f"--n {n}: the protocol's subset {sub.spec} has only {sub.count} images")
+        total = sub.count if sub.kind == "first" and sub.count is not None else None
+        if n and total is not None and n > total:  # before loading: first:K may be larger than the source
+            raise BenchError(f"--n {n}: the protocol's subset {sub.spec} has only {total} images")
+        if total is not None:
             evalset = load_eval_set(spec.dataset, f"first:{min(n_limit, sub.count)}", source=spec.source,
                                     root=spec.data_root)
-            total, label = sub.count, sub.spec
+            label = sub.spec
             evalset = dataclasses.replace(evalset, subset=label)
         else:
             evalset = load_eval_set(spec.dataset, spec.subset, source=spec.source, root=spec.data_root)
             total, label = len(evalset), evalset.subset
-        if n and n > total:
-            raise BenchError(f"--n {n}: the protocol's subset {label} has only {total} images")
+            if n and n > total:
+                raise BenchError(f"--n {n}: the protocol's subset {label} has only {total} images")
         if len(evalset) <= n_limit and total <= n_limit:
             return evalset, None
         why = f"--n {n}" if n else f"scale {spec.scale}"

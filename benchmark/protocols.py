@@ -64,6 +64,14 @@ class Protocol:
             if v.get("eps") is not None and not 0 < float(v["eps"]) <= 1:
                 raise ValueError(f"extra_threats.{k}.eps must be in (0, 1], got {v['eps']}")
 
+    def attacks_of(self, threat: str | None = None) -> list[str]:
+        """The attacks of the protocol's own threat (None) or of one of its extra threats."""
+        return list(self.attacks) if threat is None else list(self.extra_threats[threat]["attacks"])
+
+    def all_attacks(self) -> list[str]:
+        """Every attack name the protocol runs, over its own and its extra threats."""
+        return [a for t, _ in self.runs() for a in self.attacks_of(t)]
+
     def runs(self) -> list[tuple[str | None, str]]:
         """(extra threat or None for the protocol's own, the suffix of its outcome name)."""
         return [(None, "")] + [(t, f"@{t}") for t in self.extra_threats]
@@ -90,13 +98,13 @@ def apply_protocol(spec: Any, name: str, explicit: set[str] = frozenset(), threa
     ``threat``: one of the protocol's ``extra_threats`` (its attacks and eps instead of the
     protocol's own). The protocol's ``defense_options`` for ``spec.defense`` go under the user's."""
     p = load_protocol(name)
-    threat_name, attacks, eps = p.threat, list(p.attacks), p.eps
+    threat_name, eps = p.threat, p.eps
     if threat is not None:
         if threat not in p.extra_threats:
             raise BenchError(f"protocol {p.name} has no extra threat {threat!r}; it has "
                              f"{', '.join(p.extra_threats) or 'none'}")
-        extra = p.extra_threats[threat]
-        threat_name, attacks, eps = threat, list(extra["attacks"]), extra.get("eps")
+        threat_name, eps = threat, p.extra_threats[threat].get("eps")
+    attacks = p.attacks_of(threat)
     upd: dict[str, Any] = {"protocol": p.name}
     for key, value in (("dataset", p.dataset), ("threat", threat_name), ("eps", eps), ("subset", p.subset),
                        ("attacks", attacks), ("eval_repeats", p.eval_repeats)):

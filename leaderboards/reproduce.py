@@ -122,8 +122,7 @@ class Report:
 
 def parse_claims(protocol: Any) -> list[Claim]:
     """The protocol's claims, checked; BenchError names the claim and the problem."""
-    extra = [a for v in (protocol.extra_threats or {}).values() for a in v.get("attacks", [])]
-    metrics = {"clean", "worst_case", *WORST_BY_MODE, *protocol.attacks, *extra}
+    metrics = {"clean", "worst_case", *WORST_BY_MODE, *protocol.all_attacks()}
     out = []
     for i, raw in enumerate(protocol.claims or []):
         where = f"protocol {protocol.name} claim {i + 1}"
@@ -249,8 +248,7 @@ def comparison(protocol: Any, outcomes: list[Outcome], published: pd.DataFrame) 
         mine = pub[pub["ours"] == base] if len(pub) else pub
         if len(mine) and "threat" in mine:
             mine = mine[mine["threat"] == (threat or protocol.threat)]  # a run shows its own threat's rows
-        own = (protocol.extra_threats[threat]["attacks"] if threat in (protocol.extra_threats or {})
-               else protocol.attacks)
+        own = protocol.attacks_of(threat if threat in protocol.extra_threats else None)
         for metric in ("clean", *own, "worst_case", *WORST_BY_MODE):
             if metric == "clean":
                 vals = [v for v in mine["clean"].dropna()] if len(mine) else []
@@ -326,7 +324,7 @@ def reproduce(
         raise BenchError(f"--n must be a positive number of images, got {n!r}")
     runs = p.runs()
     if attacks is not None:
-        known = [a for t, _ in runs for a in (p.attacks if t is None else p.extra_threats[t]["attacks"])]
+        known = p.all_attacks()
         bad = [a for a in attacks if a not in known]
         if bad:
             raise BenchError(f"--attacks: {bad[0]!r} is not an attack of protocol {p.name}; it has {', '.join(known)}")
