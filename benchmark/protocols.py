@@ -36,6 +36,9 @@ class Protocol:
     # further single-threat runs of every defense, e.g. {stadv: {attacks: [stadv]}}: each is its own run
     # (its own record, board table and worst case), named DEFENSE@THREAT in the claims
     extra_threats: dict[str, Any] = field(default_factory=dict)
+    # a reduced scale's cut per defense, over the defense's own (benchmark.scalecut), e.g.
+    # {cpu: {diffpure: {defense_options: {steps: 10}}}} where the paper's settings need more steps
+    scale_cuts: dict[str, Any] = field(default_factory=dict)
     claims: list[dict] = field(default_factory=list)
     notes: str = ""
 
@@ -63,6 +66,30 @@ class Protocol:
                                  "attacks; give each threat's attacks their own names")
             if v.get("eps") is not None and not 0 < float(v["eps"]) <= 1:
                 raise ValueError(f"extra_threats.{k}.eps must be in (0, 1], got {v['eps']}")
+
+        self._validate_scale_cuts()
+
+    def _validate_scale_cuts(self) -> None:
+        from .battery import SCALES
+
+        keys = {"n", "defense_options", "square_queries"} | {k for lim in SCALES.values() for k in lim}
+        for scale, per in self.scale_cuts.items():
+            if scale not in SCALES or scale == "full":
+                raise ValueError(f"scale_cuts.{scale}: not a reduced scale; known: "
+                                 f"{', '.join(s for s in SCALES if s != 'full')}")
+            if not isinstance(per, dict):
+                raise ValueError(f"scale_cuts.{scale} must map defense names to cuts")
+            for d, cut in per.items():
+                if d not in self.defenses:
+                    raise ValueError(f"scale_cuts.{scale}.{d}: not one of the protocol's defenses")
+                if not isinstance(cut, dict) or set(cut) - keys:
+                    raise ValueError(f"scale_cuts.{scale}.{d} must be a mapping with keys from "
+                                     f"{', '.join(sorted(keys))}")
+                if not isinstance(cut.get("defense_options", {}), dict):
+                    raise ValueError(f"scale_cuts.{scale}.{d}.defense_options must be a mapping")
+                for k, v in cut.items():
+                    if k != "defense_options" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                        raise ValueError(f"scale_cuts.{scale}.{d}.{k} must be a positive integer, got {v!r}")
 
     def attacks_of(self, threat: str | None = None) -> list[str]:
         """The attacks of the protocol's own threat (None) or of one of its extra threats."""

@@ -14,28 +14,47 @@ in one place (:func:`apply_scale_cut`, called where the run's images are chosen)
 the user did not set (an explicit ``--defense-opt`` or ``--subset`` wins), and
 :func:`scale_limits` is what the run record stores as ``scale_limits`` (so it is hashed) and what
 the table title (:func:`cut_text`) and the leaderboard show.
+
+A protocol may declare its own cut for a defense (``scale_cuts: {cpu: {diffpure: {...}}}`` in its
+YAML), merged over the registry's: a paper's settings can need another cut than the defense's
+default does (ADDT's ``fixed_large`` reverse variance wrecks images in 2 strided steps).
 """
 from __future__ import annotations
 
 from typing import Any
 
 
-def defense_cut(defense: str, scale: str) -> dict[str, Any]:
-    """The cut the defense's registry entry declares for ``scale`` ({} for none, plugins, zoo models)."""
-    if scale == "full" or ":" in defense:
+def defense_cut(defense: str, scale: str, protocol: str | None = None) -> dict[str, Any]:
+    """The cut the defense's registry entry declares for ``scale`` ({} for none, plugins, zoo models),
+    with ``protocol``'s own cut for this defense and scale merged over it."""
+    if scale == "full":
         return {}
-    from .registry import DEFENSES, load_builtins
+    cut: dict[str, Any] = {}
+    if ":" not in defense:
+        from .registry import DEFENSES, load_builtins
 
-    load_builtins()
-    if defense not in DEFENSES:
-        return {}
-    cuts = DEFENSES.get(defense).meta.get("scale_cuts") or {}
-    return dict(cuts.get(scale) or {})
+        load_builtins()
+        if defense in DEFENSES:
+            cut = dict((DEFENSES.get(defense).meta.get("scale_cuts") or {}).get(scale) or {})
+    if protocol:
+        from .protocols import load_protocol
+
+        own = dict(((load_protocol(protocol).scale_cuts.get(scale) or {}).get(defense)) or {})
+        opts = {**(cut.get("defense_options") or {}), **(own.pop("defense_options", None) or {})}
+        cut.update(own)
+        if opts:
+            cut["defense_options"] = opts
+    return cut
+
+
+def spec_cut(spec: Any) -> dict[str, Any]:
+    """The cut in force for a run: its defense's at its scale, under its protocol if any."""
+    return defense_cut(spec.defense, spec.scale, getattr(spec, "protocol", None))
 
 
 def apply_scale_cut(spec: Any) -> Any:
     """Put the cut's defense options into ``spec.defense_options`` where the user set none (in place)."""
-    cut = defense_cut(spec.defense, spec.scale)
+    cut = spec_cut(spec)
     opts = cut.get("defense_options") or {}
     if opts:
         merged = dict(spec.defense_options)
@@ -52,7 +71,7 @@ def scale_limits(spec: Any) -> dict[str, Any]:
     from .battery import SCALES
 
     limits = dict(SCALES[spec.scale])
-    cut = defense_cut(spec.defense, spec.scale)
+    cut = spec_cut(spec)
     for k, v in cut.items():
         if k != "defense_options":
             limits[k] = v

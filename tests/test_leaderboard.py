@@ -738,10 +738,14 @@ def test_protocol_defense_options_pin_addt_eval_settings_under_the_users():
     ("extra_threats: {stadv: {attacks: [pgd]}}", "also in the protocol's attacks"),
     ("extra_threats: {stadv: {steps: 3}}", "must be a mapping with 'attacks'"),
     ("defense_options: {addt: 3}", "must be a mapping of factory keywords"),
+    ("scale_cuts: {full: {}}", "not a reduced scale"),
+    ("scale_cuts: {cpu: {diffpure: {defense_options: {steps: 10}}}}", "not one of the protocol's defenses"),
+    ("scale_cuts: {cpu: {'PLUGTINY': {stepz: 3}}}", "must be a mapping with keys from"),
+    ("scale_cuts: {cpu: {'PLUGTINY': {steps: 0}}}", "must be a positive integer"),
 ])
 def test_protocol_rejects_bad_extra_threats_and_options(tmp_path, bad, match):
     f = tmp_path / "p.yaml"
-    f.write_text(TINY.replace("{missing}", f"{PLUG}:tiny") + bad + "\n")
+    f.write_text(TINY.replace("{missing}", f"{PLUG}:tiny") + bad.replace("PLUGTINY", f"{PLUG}:tiny") + "\n")
     with pytest.raises(BenchError, match=match):
         reproduce(str(f), scale="smoke", results=tmp_path / "r")
 
@@ -782,3 +786,25 @@ def test_addt_protocol_options_build_the_defenses():
         spec = apply_protocol(RunSpec(defense=d), "addt_dwbox")
         defense = make_defense(d, dataset="cifar10", device="cpu", options={**spec.defense_options, "steps": 1})
         assert defense.info["variance"] == "fixed_large" and defense.info["noise_levels"] == 101
+
+
+def test_protocol_scale_cut_overrides_the_defenses_own_at_that_scale_only():
+    """ADDT's fixed_large variance needs 10 strided steps at --scale cpu, not diffpure's own cut of
+    2 (SCALE_CUTS in defenses/diffpure.py): the protocol's cut wins, is recorded in scale_limits,
+    leaves the defense's other limits and a user's --defense-opt alone, and is absent at full scale."""
+    from benchmark.protocols import apply_protocol
+    from benchmark.runner import RunSpec
+    from benchmark.scalecut import apply_scale_cut, scale_limits
+
+    plain = apply_scale_cut(RunSpec(defense="diffpure", scale="cpu"))
+    assert plain.defense_options == {"steps": 2}
+    for name in ("addt_dwbox", "addt_pgd20_eot10", "addt_pgd200_eot20", "addt_q1_budgets"):
+        for d in ("diffpure", "addt"):
+            spec = apply_scale_cut(apply_protocol(RunSpec(defense=d, scale="cpu"), name))
+            assert spec.defense_options == {"t_star": 0.101, "variance": "fixed_large", "steps": 10}, (name, d)
+            lim = scale_limits(spec)
+            assert lim["defense_options"] == {"steps": 10} and lim["n"] == 16 and lim["steps"] == 5
+    user = apply_scale_cut(apply_protocol(RunSpec(defense="addt", scale="cpu", defense_options={"steps": 4}), "addt_dwbox"))
+    assert user.defense_options["steps"] == 4 and "defense_options" not in scale_limits(user)
+    full = apply_scale_cut(apply_protocol(RunSpec(defense="addt", scale="full"), "addt_dwbox"))
+    assert "steps" not in full.defense_options and scale_limits(full) == {}
