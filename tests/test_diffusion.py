@@ -471,3 +471,38 @@ def test_ship_a_ddpm_run_and_load_it_by_name(tmp_path, monkeypatch):
     (wdir / entry["file"]).write_bytes(b"corrupt")
     with pytest.raises(BenchError, match="sha256"):
         load_unet("ddpm_test_tiny")
+
+
+def test_addt_training_run_records_the_aligned_recipe(tmp_path):
+    """A whole (tiny) `bench train addt` run: weights load as the `addt` defense and the recipe
+    describes the method that ran (5 guidance iterations, unclamped x0, t uniform over [0, T),
+    the init UNet's dropout rate), read back from the config the run was given."""
+    import yaml
+
+    import benchmark.train.addt as A
+    from benchmark.registry import CLASSIFIERS, DEFENSES, load_builtins
+
+    load_builtins()
+    if "_test_tiny_cifar10" not in CLASSIFIERS:
+        CLASSIFIERS.add("_test_tiny_cifar10", lambda *, device="cpu": TinyClassifier().to(device).eval(), dataset="cifar10")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("test", 1)):
+        for c in range(10):
+            d = tmp_path / "data" / "cifar10-jpeg" / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
+    init = _weights_folder(tmp_path / "init")
+    cfg = tmp_path / "addt.yaml"
+    cfg.write_text(yaml.safe_dump(dict(init=str(init), classifier="_test_tiny_cifar10", batch_size=10, epochs=1,
+                                       warmup_steps=1, eval_images=4, eval_steps=2, log_every=1)))
+    out = A.main(str(cfg), device="cpu", out_dir=str(tmp_path / "run"), data_root=str(tmp_path / "data"))
+    rec = json.loads((out / "recipe.json").read_text())
+    assert rec["steps"] == 2 and rec["config"]["cgpo_iters"] == 5
+    assert rec["timestep_sampling"] == "uniform over [0, 1000)" == rec["method"]["timesteps"]
+    assert rec["method"]["perturbation"] == (
+        "5 iterations, 1 eps draw(s) each: the classifier CE's gradient through the one-step x0 prediction "
+        "(not clamped) summed over iterations, delta = RBGM(rank order of the summed gradient); UNet in "
+        f"train mode (dropout rate {TINY.dropout:g}, the init UNet's)")
+    d = DEFENSES.create("addt", weights=str(out), classifier="_test_tiny_cifar10", t_star=0.02, steps=2)
+    assert d(torch.rand(2, 3, 32, 32, generator=gen(3)), generator=gen(4)).shape == (2, 10)

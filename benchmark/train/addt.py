@@ -262,7 +262,8 @@ def main(
         "perturbation": f"{cfg.cgpo_iters} iterations, {cfg.eot} eps draw(s) each: the classifier CE's gradient through the "
                         f"one-step x0 prediction ({'clamped' if cfg.x0_clamp else 'not clamped'}) summed over iterations, "
                         f"delta = RBGM(rank order of the summed gradient); UNet in "
-                        f"{'train (dropout on)' if cfg.cgpo_train_mode else 'eval'} mode",
+                        + (f"train mode (dropout rate {model.config.dropout:g}, the init UNet's)" if cfg.cgpo_train_mode
+                         else "eval mode"),
         "timesteps": (f"uniform over [0, {schedule.T})" if cfg.t_max >= schedule.T or cfg.t_full_frac >= 1.0 else
                       f"{cfg.t_full_frac:g} uniform over [0, {schedule.T}), the rest over [0, {cfg.t_max})"),
         "target": "eps_mix = sqrt(1 - r^2) eps + r RBGM(delta); x_t from eps_mix; MSE(eps_theta, eps_mix)",

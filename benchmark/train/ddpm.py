@@ -469,7 +469,8 @@ def finish(
         "unet_params": n_params,
         "weights": {"file": "weights.safetensors", "sha256": sha, "ema_decay": cfg.ema_decay,
                     "bytes": (out / "weights.safetensors").stat().st_size},
-        "timestep_sampling": (f"{cfg.t_full_frac:g} of the batches' timesteps uniform over [0, {schedule.T}), the rest uniform over "
+        "timestep_sampling": (f"uniform over [0, {schedule.T})" if cfg.t_max >= schedule.T or cfg.t_full_frac >= 1.0 else
+                              f"{cfg.t_full_frac:g} of the batches' timesteps uniform over [0, {schedule.T}), the rest uniform over "
                               f"[0, {cfg.t_max}): training concentrates on the noise levels purification uses "
                               f"(t* = 0.1 is index 99); the model is not meant for sampling from pure noise"),
         "data": data_fingerprint(root, cfg.data_dir),
