@@ -123,7 +123,8 @@ def apply_protocol(spec: Any, name: str, explicit: set[str] = frozenset(), threa
     """The RunSpec with the protocol's settings, except for fields the user set explicitly.
 
     ``threat``: one of the protocol's ``extra_threats`` (its attacks and eps instead of the
-    protocol's own). The protocol's ``defense_options`` for ``spec.defense`` go under the user's."""
+    protocol's own). The protocol's ``defense_options`` for ``spec.defense`` go under the user's;
+    its ``scale_cuts`` entry for ``spec.scale`` and ``spec.defense`` becomes ``spec.protocol_cut``."""
     p = load_protocol(name)
     threat_name, eps = p.threat, p.eps
     if threat is not None:
@@ -145,4 +146,6 @@ def apply_protocol(spec: Any, name: str, explicit: set[str] = frozenset(), threa
     opts = p.defense_options.get(spec.defense) or {}
     if opts:
         upd["defense_options"] = {**opts, **spec.defense_options}
+    cut = (p.scale_cuts.get(spec.scale) or {}).get(spec.defense)
+    upd["protocol_cut"] = dict(cut or {})
     return replace(spec, **upd)

@@ -70,6 +70,9 @@ class RunSpec:
     memory_format: str = "auto"  # benchmark.speed: channels_last on CPU after a logit probe
     compile: bool = False  # torch.compile the classifier (opt-in; benchmark.speed)
     diagnostics: bool = True  # attack-failure flags and the battery they extend (benchmark.diagnostics)
+    # the protocol's own cut for this defense at this scale (Protocol.scale_cuts; benchmark.scalecut),
+    # carried here because a protocol given as a file cannot be found again by its name
+    protocol_cut: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.threat not in THREAT_DEFAULTS:
@@ -100,7 +103,7 @@ class RunSpec:
 # specs (and default run folders) from before they existed keep their hash. (attack_all,
 # memory_format and compile are always hashed: runs from before them record other work and cannot
 # resume, so their default folders must not be reused.)
-_HASH_DEFAULTS: dict[str, Any] = {"precision": "fp32", "defense_options": {}}
+_HASH_DEFAULTS: dict[str, Any] = {"precision": "fp32", "defense_options": {}, "protocol_cut": {}}
 
 
 def spec_hash(spec: RunSpec) -> str:

@@ -24,9 +24,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def defense_cut(defense: str, scale: str, protocol: str | None = None) -> dict[str, Any]:
+def defense_cut(defense: str, scale: str, protocol_cut: dict[str, Any] | None = None) -> dict[str, Any]:
     """The cut the defense's registry entry declares for ``scale`` ({} for none, plugins, zoo models),
-    with ``protocol``'s own cut for this defense and scale merged over it."""
+    with a protocol's own cut for this defense and scale (``protocol_cut``) merged over it."""
     if scale == "full":
         return {}
     cut: dict[str, Any] = {}
@@ -36,20 +36,17 @@ def defense_cut(defense: str, scale: str, protocol: str | None = None) -> dict[s
         load_builtins()
         if defense in DEFENSES:
             cut = dict((DEFENSES.get(defense).meta.get("scale_cuts") or {}).get(scale) or {})
-    if protocol:
-        from .protocols import load_protocol
-
-        own = dict(((load_protocol(protocol).scale_cuts.get(scale) or {}).get(defense)) or {})
-        opts = {**(cut.get("defense_options") or {}), **(own.pop("defense_options", None) or {})}
-        cut.update(own)
-        if opts:
-            cut["defense_options"] = opts
+    own = dict(protocol_cut or {})
+    opts = {**(cut.get("defense_options") or {}), **(own.pop("defense_options", None) or {})}
+    cut.update(own)
+    if opts:
+        cut["defense_options"] = opts
     return cut
 
 
 def spec_cut(spec: Any) -> dict[str, Any]:
-    """The cut in force for a run: its defense's at its scale, under its protocol if any."""
-    return defense_cut(spec.defense, spec.scale, getattr(spec, "protocol", None))
+    """The cut in force for a run: its defense's at its scale, under its protocol's (``spec.protocol_cut``)."""
+    return defense_cut(spec.defense, spec.scale, getattr(spec, "protocol_cut", None))
 
 
 def apply_scale_cut(spec: Any) -> Any:

@@ -3,7 +3,7 @@
 Each file has ``defaults`` (merged into every row) and ``rows``; a row is one defense under one
 attack, as printed in one table of one paper. Rows of the same table with the same ``group``
 (default: the row's own label) are one defense under several attacks, shown as one leaderboard
-entry; ``ours``/``protocol``/``protocol_attack`` map a row onto our defense and protocol attack
+entry; ``ours``/``protocol`` (one name or a list)/``protocol_attack`` map a row onto our defense and protocol attack
 (for ``bench reproduce``). Numbers are percentages as printed. A field that
 the source does not state is written explicitly as ``null`` (never left out), so a missing key
 is always a transcription error and is rejected, as is a number outside 0-100 or an unknown
@@ -89,9 +89,17 @@ def validate_row(row: dict[str, Any], where: str) -> dict[str, Any]:
     out["grad_mode"] = row.get("grad_mode", "exact")
     if row.get("extra_data") is not None and not isinstance(row["extra_data"], bool):
         raise BenchError(f"{where}: extra_data must be true, false or null, got {row['extra_data']!r}")
-    for key in ("group", "note", "ours", "protocol", "protocol_attack"):
+    for key in ("group", "note", "ours", "protocol_attack"):
         if row.get(key) is not None and not isinstance(row[key], str):
             raise BenchError(f"{where}: {key} must be a string, got {row[key]!r}")
+    # one protocol or a list: the same published number can be the baseline of several of our
+    # protocols (ADDT's Q1 rows serve addt_pgd20_eot10 and addt_q1_budgets); stored as a tuple
+    protos = row.get("protocol")
+    protos = [protos] if isinstance(protos, str) else protos
+    if protos is not None and (not isinstance(protos, list) or not protos
+                               or not all(isinstance(x, str) and x for x in protos)):
+        raise BenchError(f"{where}: protocol must be a protocol name or a list of them, got {row['protocol']!r}")
+    out["protocol"] = tuple(protos) if protos is not None else None
     out["group"] = row.get("group") or row["row"]  # rows of one group form one leaderboard entry
     out["citation"] = f"{row['paper']}, {row['table']}, row {row['row']}"
     return out

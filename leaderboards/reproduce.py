@@ -241,7 +241,8 @@ def judge(claim: Claim, outcomes: dict[str, Outcome], scale: str, attacks_cut: b
 
 def comparison(protocol: Any, outcomes: list[Outcome], published: pd.DataFrame) -> pd.DataFrame:
     """Our accuracy beside the published one, per defense and metric (percent)."""
-    pub = published[published["protocol"] == protocol.name] if len(published) else published
+    pub = (published[published["protocol"].map(lambda ps: protocol.name in (ps or ()))]
+           if len(published) else published)
     rows = []
     for o in outcomes:
         base, _, threat = o.defense.partition("@")  # DEFENSE@THREAT: an extra threat's run of DEFENSE

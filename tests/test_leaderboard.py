@@ -131,6 +131,8 @@ BASE = {"paper": "P", "table": "T1", "row": "r1", "dataset": "cifar10", "threat"
     ({"family": "magic"}, "unknown attack family"),
     ({"eps": "8/0"}, "eps"),
     ({"n": 0}, "positive integer"),
+    ({"protocol": []}, "protocol must be a protocol name or a list"),
+    ({"protocol": ["a", 3]}, "protocol must be a protocol name or a list"),
 ])
 def test_published_schema_rejects(tmp_path, change, message):
     import yaml
@@ -808,3 +810,40 @@ def test_protocol_scale_cut_overrides_the_defenses_own_at_that_scale_only():
     assert user.defense_options["steps"] == 4 and "defense_options" not in scale_limits(user)
     full = apply_scale_cut(apply_protocol(RunSpec(defense="addt", scale="full"), "addt_dwbox"))
     assert "steps" not in full.defense_options and scale_limits(full) == {}
+
+
+def test_scale_cut_of_a_protocol_given_as_a_file_is_applied(tmp_path):
+    """A protocol passed as a YAML path is recorded by its name only: its cut travels in the spec
+    (protocol_cut), so it is applied and recorded, and the run folder's hash changes with it."""
+    from benchmark.protocols import apply_protocol
+    from benchmark.runner import RunSpec, spec_hash
+    from benchmark.scalecut import apply_scale_cut, scale_limits
+
+    f = tmp_path / "p.yaml"
+    f.write_text(TINY.replace("{missing}", f"{PLUG}:tiny") + f"scale_cuts: {{smoke: {{'{PLUG}:tiny': {{n: 3}}}}}}\n")
+    spec = apply_scale_cut(apply_protocol(RunSpec(defense=f"{PLUG}:tiny", scale="smoke"), str(f)))
+    assert spec.protocol == "tinyproto" and spec.protocol_cut == {"n": 3} and scale_limits(spec)["n"] == 3
+    other = apply_scale_cut(apply_protocol(RunSpec(defense=f"{PLUG}:noisy", scale="smoke"), str(f)))
+    assert other.protocol_cut == {} and scale_limits(other)["n"] == 8
+    plain = RunSpec(defense=f"{PLUG}:tiny", scale="smoke", protocol="tinyproto")
+    assert spec_hash(plain) != spec_hash(RunSpec(**{**plain.__dict__, "protocol_cut": {"n": 3}}))
+
+
+def test_one_published_row_serves_several_protocols():
+    """ADDT's Q1 numbers (DiffPure 47.27 under PGD-20+EOT-10, 41.02 under PGD-200+EOT-20) are the
+    baseline of addt_pgd20_eot10 / lee_kim_pgd200_eot20 and of addt_q1_budgets, where both budgets
+    sit side by side; a protocol that names neither gets none of them."""
+    from benchmark.protocols import load_protocol
+    from leaderboards.reproduce import Outcome, comparison
+
+    pub = load_published("cifar10")
+    run = {"attacks": {a: {"accuracy": 0.5, "ci95": [0.4, 0.6], "correct": 256, "n": 512}
+                       for a in ("clean", "pgd2", "pgd_eot", "pgd200_eot20")}}
+    got = {}
+    for name in ("addt_q1_budgets", "addt_pgd20_eot10", "lee_kim_pgd200_eot20", "addt_dwbox"):
+        df = comparison(load_protocol(name), [Outcome("diffpure", summary=run, record={})], pub)
+        got[name] = dict(zip(df["metric"], df["published"]))
+    assert got["addt_q1_budgets"]["pgd_eot"] == 47.27 and got["addt_q1_budgets"]["pgd200_eot20"] == 41.02
+    assert got["addt_pgd20_eot10"]["pgd_eot"] == 47.27 and got["lee_kim_pgd200_eot20"]["pgd200_eot20"] == 41.02
+    assert got["addt_q1_budgets"]["pgd2"] is None or got["addt_q1_budgets"]["pgd2"] != got["addt_q1_budgets"]["pgd2"]
+    assert got["addt_dwbox"]["pgd_eot"] == 47.27  # its own row, unchanged
