@@ -520,6 +520,13 @@ claims:
 """
 
 
+def write_protocol(path, name: str, body: str, subset: str = "first:8"):
+    """A test protocol YAML: the common header (cifar10, l-inf, ``subset``) and ``body``."""
+    path.write_text(f'name: {name}\ncitation: "a test protocol"\ndataset: cifar10\nthreat: linf\n'
+                    f"subset: {subset}\n" + body)
+    return path
+
+
 @pytest.fixture
 def tiny_protocol(tmp_path):
     plug = tmp_path / "missing_weights.py"
@@ -552,12 +559,7 @@ def test_reproduce_judges_each_threat_model_on_its_own_worst_case(tmp_path):
     equal those attacks' accuracies), the mixed worst case is not reported, and a claim on
     worst_case:bpda is judged on the paired images."""
     proto = tmp_path / "tm.yaml"
-    proto.write_text(f"""name: tmproto
-citation: "a test protocol"
-dataset: cifar10
-threat: linf
-subset: first:8
-attacks: [pgd, pgd_exact]
+    write_protocol(proto, "tmproto", body=f"""attacks: [pgd, pgd_exact]
 attack_overrides:
   pgd: {{grad_mode: bpda}}
   pgd_exact: {{preset: pgd, steps: 1, step_size: 0.0001}}
@@ -684,12 +686,7 @@ def test_reproduce_extra_threat_runs_apart_and_n_and_attacks_cut(tmp_path):
     ``n`` reads the first n of ``first:2000`` (more than the embedded 1,000) as ``first:n``;
     ``attacks`` keeps only the named attacks, so a claim on another one is not evaluated."""
     proto = tmp_path / "x.yaml"
-    proto.write_text(f"""name: xproto
-citation: "a test protocol"
-dataset: cifar10
-threat: linf
-subset: first:2000
-attacks: [fgsm, pgd]
+    write_protocol(proto, "xproto", subset="first:2000", body=f"""attacks: [fgsm, pgd]
 extra_threats:
   stadv: {{attacks: [stadv]}}
 defenses: ["{PLUG}:tiny"]
@@ -756,12 +753,7 @@ def test_claim_on_two_budgets_a_scale_made_identical_is_not_evaluated(tmp_path):
     """At scale smoke PGD-20 and PGD-50 are both capped to 2 steps: comparing them would judge an
     attack against a copy of itself, so the claim is not evaluated; PGD-1 stays apart and is judged."""
     proto = tmp_path / "b.yaml"
-    proto.write_text(f"""name: budgets
-citation: "a test protocol"
-dataset: cifar10
-threat: linf
-subset: first:8
-attacks: [pgd1, pgd, pgd50]
+    write_protocol(proto, "budgets", body=f"""attacks: [pgd1, pgd, pgd50]
 attack_overrides:
   pgd1: {{preset: pgd, steps: 1}}
   pgd50: {{preset: pgd, steps: 50}}
