@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's claims table (issue 18): the eight published claims re-judged on the same n = 512
 # images per claim (exact McNemar on the paired images), at the cpu scale's attack budgets
-# (atop: PGD-10 + EOT-4; diffpure/addt: their cpu cut, 2 denoising steps, PGD-5 + EOT-2; every
+# (atop: PGD-10 + EOT-4; diffpure/addt: the ADDT protocols' cpu cut, 10 denoising steps, PGD-5 + EOT-2; every
 # record and table says so). Each `bench reproduce` prints its verdicts; outputs go to OUT.
 #
 #     scripts/claims512.sh [OUT]        (default runs/claims512; resumes finished runs)
