@@ -61,6 +61,7 @@ from .ddpm import (
     sample_t,
     start_run,
     start_training,
+    t_uniform,
     to_model_range,
 )
 from defenses.diffpure import load_unet
@@ -264,7 +265,7 @@ def main(
                         f"delta = RBGM(rank order of the summed gradient); UNet in "
                         + (f"train mode (dropout rate {model.config.dropout:g}, the init UNet's)" if cfg.cgpo_train_mode
                          else "eval mode"),
-        "timesteps": (f"uniform over [0, {schedule.T})" if cfg.t_max >= schedule.T or cfg.t_full_frac >= 1.0 else
+        "timesteps": (f"uniform over [0, {schedule.T})" if t_uniform(schedule.T, cfg.t_max, cfg.t_full_frac) else
                       f"{cfg.t_full_frac:g} uniform over [0, {schedule.T}), the rest over [0, {cfg.t_max})"),
         "target": "eps_mix = sqrt(1 - r^2) eps + r RBGM(delta); x_t from eps_mix; MSE(eps_theta, eps_mix)",
     }}

@@ -184,6 +184,11 @@ def sample_t(n: int, T: int, t_max: int, t_full_frac: float, generator: torch.Ge
     return torch.where(pick, full, low)
 
 
+def t_uniform(T: int, t_max: int, t_full_frac: float) -> bool:
+    """Whether :func:`sample_t` draws every timestep uniformly over [0, T) (as ADDT's reference)."""
+    return t_max >= T or t_full_frac >= 1.0
+
+
 def to_model_range(x_uint8: Tensor, hflip: bool, generator: torch.Generator) -> Tensor:
     x = x_uint8.float() / 127.5 - 1.0
     if hflip:
@@ -469,7 +474,7 @@ def finish(
         "unet_params": n_params,
         "weights": {"file": "weights.safetensors", "sha256": sha, "ema_decay": cfg.ema_decay,
                     "bytes": (out / "weights.safetensors").stat().st_size},
-        "timestep_sampling": (f"uniform over [0, {schedule.T})" if cfg.t_max >= schedule.T or cfg.t_full_frac >= 1.0 else
+        "timestep_sampling": (f"uniform over [0, {schedule.T})" if t_uniform(schedule.T, cfg.t_max, cfg.t_full_frac) else
                               f"{cfg.t_full_frac:g} of the batches' timesteps uniform over [0, {schedule.T}), the rest uniform over "
                               f"[0, {cfg.t_max}): training concentrates on the noise levels purification uses "
                               f"(t* = 0.1 is index 99); the model is not meant for sampling from pure noise"),
